@@ -1,0 +1,142 @@
+"""Command-line entry points: train.py, evaluate.py and the `sslsv` command.
+
+User errors (bad config, unusable data, missing run) print one clear message and exit with status 2;
+a traceback means a bug.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sslsv.config import ConfigError
+from sslsv.registry import RegistryError, describe
+
+
+def _user_errors():
+    from sslsv.audio.augment import AugmentationError
+    from sslsv.audio.io import AudioError
+    from sslsv.data.manifest import ManifestError
+    from sslsv.data.trials import TrialsError
+    from sslsv.evaluation.evaluate import RunError
+    from sslsv.training.trainer import TrainingError
+
+    return (ConfigError, RegistryError, ManifestError, TrialsError, AudioError, AugmentationError, RunError,
+            TrainingError, FileNotFoundError)
+
+
+def _run(function, *args) -> int:
+    try:
+        function(*args)
+    except _user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Train a speaker encoder with any registered method.",
+        epilog="Overrides use dotted keys: trainer.epochs=3 dataset.batch_size=64 encoder.pooling=asp",
+    )
+    parser.add_argument("config", nargs="?", help="YAML config, e.g. configs/simclr/fast_resnet34.yml")
+    parser.add_argument("overrides", nargs="*", help="key.subkey=value")
+    parser.add_argument("--list", action="store_true", help="print the registered encoders, methods, poolings, trial sets")
+    parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    args = parser.parse_args(argv)
+    if args.list:
+        print(describe())
+        return 0
+    if not args.config:
+        parser.error("a config file is required (or --list)")
+
+    def run() -> None:
+        import yaml
+
+        from sslsv.config import load_config
+        from sslsv.training import distributed
+        from sslsv.training.trainer import Trainer
+
+        config = load_config(args.config, args.overrides)
+        if args.dry_run:
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            return
+        trainer = Trainer(config, restart=args.restart)
+        try:
+            summary = trainer.fit()
+        finally:
+            distributed.cleanup()
+        if distributed.is_main():
+            print(f"finished: {summary.get('epochs')} epochs, {summary.get('steps')} steps -> {config.run_dir}")
+
+    return _run(run)
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evaluate.py", description="Evaluate a trained run on trial lists.")
+    parser.add_argument("run", nargs="?", help="run directory (default: the most recent run under models/)")
+    parser.add_argument("--trials", nargs="+", help="trial-set names (vox1_O vox1_E vox1_H demo) or trial files")
+    parser.add_argument("--last", action="store_true", help="use the last epoch's weights instead of the average")
+    parser.add_argument("--random-baseline", action="store_true",
+                        help="also evaluate the same encoder with its random initial weights")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from sslsv.evaluation.evaluate import evaluate_run, latest_run
+
+        run_dir = args.run or latest_run()
+        print(f"evaluating {run_dir}")
+        evaluate_run(run_dir, args.trials, use_average=False if args.last else None, device=args.device,
+                     random_baseline=args.random_baseline)
+
+    return _run(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`sslsv` command: sslsv {train,evaluate,demo-corpus,check-manifest,list} ..."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "train": train_main,
+        "evaluate": evaluate_main,
+        "demo-corpus": _demo_corpus,
+        "check-manifest": _check_manifest,
+        "list": lambda rest: (print(describe()), 0)[1],
+    }
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: sslsv {" + ",".join(commands) + "} ...")
+        for name, function in commands.items():
+            print(f"  {name:<15} {(function.__doc__ or '').strip().splitlines()[0] if function.__doc__ else ''}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])
+
+
+def _demo_corpus(argv: list[str]) -> int:
+    """Build the synthetic demo corpus (VoxCeleb layout) under data/demo."""
+    from sslsv.data.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+def _check_manifest(argv: list[str]) -> int:
+    """Check every file of a manifest: missing, empty, unreadable, wrong rate, too short."""
+    parser = argparse.ArgumentParser(prog="sslsv check-manifest")
+    parser.add_argument("manifest")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--min-seconds", type=float, default=0.0)
+    parser.add_argument("--strict-rate", action="store_true", help="report files whose rate differs")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from sslsv.data.manifest import check_manifest, read_manifest
+
+        manifest = read_manifest(args.manifest)
+        durations = check_manifest(manifest, args.data_root, args.sample_rate, args.min_seconds,
+                                   allow_resample=not args.strict_rate)
+        print(f"{args.manifest}: {len(manifest)} files OK, {sum(durations) / 3600:.2f} h")
+
+    return _run(run)

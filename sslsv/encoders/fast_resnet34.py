@@ -1,0 +1,121 @@
+"""Fast ResNet-34 ("ResNetSE34L"; Chung et al., "In defence of metric learning for speaker recognition", 2020).
+
+Reference implementation: clovaai/voxceleb_trainer `models/ResNetSE34L.py` (also theolepage/sslsv `ResNet34.py`
+with base_dim 16). Half-width ResNet-34 with squeeze-excitation blocks on a log-mel input:
+stem conv 7x7 (stride 2 in frequency) -> SE-BasicBlocks [3, 4, 6, 3] at widths [16, 32, 64, 128] -> mean over
+frequency -> SAP/ASP -> linear head. Measured: 1,437,078 parameters with SAP, 40 mels, 512-d (the reference's
+count, see ../shared/reference/architectures.md); 0.447 GMACs per 2 s view at 40 mels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslsv.config import ConfigError
+from sslsv.encoders.base import Encoder
+from sslsv.encoders.pooling import build_pooling
+from sslsv.registry import ENCODERS, POOLINGS
+
+
+@dataclass
+class FastResNet34Config:
+    base_width: int = 16  # widths are base, 2x, 4x, 8x
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    pooling: str = "sap"  # any registered pooling: sap, asp, stats, gap
+    embed_dim: int = 512  # review, section 4.3 (clovaai default: 256)
+    se_reduction: int = 8
+    final_bn: bool = False  # batch norm on the representation (off in the reference)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"encoder.pooling: unknown pooling '{self.pooling}' (registered: {', '.join(POOLINGS.names())})"
+            )
+        if self.base_width < 1 or self.embed_dim < 1:
+            raise ConfigError("encoder.base_width: widths and embed_dim must be positive")
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels), nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc(x.mean(dim=(2, 3)))  # (B, C)
+        return x * scale[:, :, None, None]
+
+
+class SEBasicBlock(nn.Module):
+    """conv3x3 -> ReLU -> BN -> conv3x3 -> BN -> SE, plus shortcut, then ReLU (ReLU before BN, as the reference)."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int | tuple[int, int], reduction: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.se = SqueezeExcitation(channels, reduction)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn1(self.relu(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        return self.relu(out + self.shortcut(x))
+
+
+class FastResNet34(Encoder):
+    """Fast ResNet-34 with SE blocks (Chung et al., 2020); 1.44 M parameters with SAP at 40 mels -> 512."""
+
+    def __init__(self, cfg: FastResNet34Config, in_features: int):
+        super().__init__()
+        widths = [cfg.base_width * m for m in (1, 2, 4, 8)]
+        strides = [1, (2, 2), (2, 2), 1]
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 7, stride=(2, 1), padding=3, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages, in_channels = [], widths[0]
+        for width, stride, depth in zip(widths, strides, cfg.layers):
+            blocks = [SEBasicBlock(in_channels, width, stride, cfg.se_reduction)]
+            blocks += [SEBasicBlock(width, width, 1, cfg.se_reduction) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            in_channels = width
+        self.stages = nn.ModuleList(stages)
+        self.pooling = build_pooling(cfg.pooling, widths[-1])
+        self.head = nn.Linear(self.pooling.out_dim, cfg.embed_dim)
+        self.final_bn = nn.BatchNorm1d(cfg.embed_dim) if cfg.final_bn else nn.Identity()
+        self.embed_dim = cfg.embed_dim
+        self.frame_dim = widths[-1]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the four stages, each (B, C_i, F_i, T_i), for multi-scale aggregation."""
+        x = self.stem(x.unsqueeze(1))  # (B, 1, F, T) -> (B, 16, F/2, T)
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1].mean(dim=2)  # (B, 128, T/4): average over frequency
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.forward_frames(x)
+        return self.final_bn(self.head(self.pooling(frames)))
+
+
+@ENCODERS.register("fast_resnet34", config=FastResNet34Config)
+def fast_resnet34(cfg: FastResNet34Config, in_features: int) -> FastResNet34:
+    """Fast ResNet-34 (Chung et al., 2020): half-width SE-ResNet-34, SAP, 512-d; 1.44 M parameters."""
+    return FastResNet34(cfg, in_features)

@@ -1,0 +1,80 @@
+"""The method interface: what every SSL framework (and the supervised baseline) gives the trainer.
+
+A method owns the encoder it trains (a SpeakerModel: waveform -> representation), its heads, and any teacher,
+queue or centre. The trainer calls `forward(batch)` (one training step's loss), then the hooks below around the
+optimiser step; it never looks inside. Heads are not part of the encoder, so encoder checkpoints stay clean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sslsv.encoders.base import SpeakerModel
+
+
+@dataclass
+class Batch:
+    """One training batch on the device.
+
+    views: augmented waveforms, one (B, S_v) tensor per view, in the order of the config's view groups
+        (e.g. DINO: 2 global then 4 local crops); lengths may differ between groups.
+    labels: (B,) speaker indices from the manifest. Self-supervised methods must not read them.
+    indices: (B,) manifest rows (for per-sample state such as DeepCluster assignments).
+    """
+
+    views: list[torch.Tensor]
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    """A training step's scalar loss and detached scalar metrics (logged by the trainer)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingInfo:
+    """What a method may need to know about the run when it is built."""
+
+    num_speakers: int  # distinct speakers in the manifest (label-using methods only)
+    num_samples: int  # utterances in the manifest
+    steps_per_epoch: int
+    epochs: int
+
+
+class Method(nn.Module):
+    """Base class. Subclasses implement `forward`; hooks default to no-ops."""
+
+    uses_labels: bool = False  # True: trains on manifest speaker labels (supervised, pseudo-label rounds)
+
+    def __init__(self, encoder: SpeakerModel):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    def embedding_model(self) -> SpeakerModel:
+        """The network whose representations are evaluated (e.g. DINO: the teacher)."""
+        return self.encoder
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch (e.g. freezing a head layer for the first epoch)."""
+
+    def before_optimizer_step(self, epoch: int) -> None:
+        """Called after backward and before the optimiser step (e.g. cancel gradients of a frozen layer)."""
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called after each real optimiser step; progress in [0, 1] over the whole run (EMA, queues)."""
+
+    def extra_state(self) -> dict:
+        """Non-parameter, non-buffer state to checkpoint (most state should be buffers instead)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass

@@ -1,0 +1,181 @@
+"""Everything that knows about torch.distributed. Every helper is the identity in a single process.
+
+Launch with torchrun (one process per device): RANK / WORLD_SIZE / LOCAL_RANK come from the environment.
+NCCL is used on CUDA, gloo on CPU (so the distributed path can be tested on a laptop).
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group when launched by torchrun (no-op otherwise)."""
+    if not launched_by_torchrun() or is_distributed():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends every rank the summed gradient of its own slice.
+
+    Each rank's loss uses all ranks' rows; the gradient of the total loss w.r.t. this rank's rows is the sum of the
+    gradients computed on every rank, hence all_reduce(SUM) then slice. DDP then averages parameter gradients,
+    which matches one process computing the mean loss over the global batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.batch = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = rank() * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate (B, ...) tensors of all ranks along dim 0, with gradients; identity in one process."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate along dim 0 across ranks without gradients (queues, centres, labels)."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean across ranks (for logging and synchronised statistics)."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x / world_size()
+
+
+def broadcast_object(obj):
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """Sum across ranks; every rank's output depends on every rank's input, so the backward is a sum too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Autograd-aware sum across ranks; identity in one process."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    return _AllReduceSumWithGrad.apply(x)
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics cover the global batch, for CPU/gloo where nn.SyncBatchNorm refuses
+    to run. Sums and sums of squares are all-reduced with gradients, so the result equals one process normalising
+    the whole global batch (up to rounding)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed() and world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        count = torch.tensor([x.numel() // channels], dtype=x.dtype, device=x.device)
+        stats = all_reduce_sum(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = (stats[channels : 2 * channels] / n - mean * mean).clamp(min=0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = 0.1 if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1).clamp(min=1))
+                self.num_batches_tracked.add_(1)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Make every batch norm use global-batch statistics (nn.SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere)."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_batch_norm(child, device))
+    return module

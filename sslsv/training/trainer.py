@@ -1,0 +1,390 @@
+"""The one trainer: any registered method on any registered encoder, on CPU, one GPU or many (torchrun).
+
+It owns the optimiser, the schedule, mixed precision, DDP, checkpoints, validation and logs. It talks to the
+method only through the interface in sslsv/methods/base.py and never knows which method it trains.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from sslsv.audio.augment import AugmentationSources, apply_augmentation
+from sslsv.config import Config, save_config
+from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
+from sslsv.data.manifest import Manifest, check_manifest, read_manifest
+from sslsv.encoders.base import build_speaker_model
+from sslsv.methods.base import Batch, Method, TrainingInfo
+from sslsv.registry import METHODS
+from sslsv.training import checkpoint as ckpt
+from sslsv.training import distributed
+from sslsv.training.schedules import learning_rate
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable data); the message says why and what is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.local_rank())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"trainer.device={name} but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", distributed.local_rank())
+    return device
+
+
+def build_method(config: Config, info: TrainingInfo) -> Method:
+    speaker_model = build_speaker_model(config.encoder, config.features)
+    entry = METHODS.get(config.method.name, key="method.name")
+    return entry.obj(speaker_model, config.method.options, info)
+
+
+def parameter_groups(module: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Two groups: weights with decay; norms and biases (1-D tensors) without, unless asked otherwise."""
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 and not decay_norm_and_bias else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Optimizer:
+    cfg = config.trainer
+    groups = parameter_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.sgd_momentum, nesterov=cfg.nesterov)
+
+
+@dataclass
+class Position:
+    """Where training stands: `epoch` in progress (0-based) and the next step within it."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+class Trainer:
+    def __init__(self, config: Config, restart: bool = False):
+        self.config = config
+        self.run_dir = Path(config.run_dir or "models/run")
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(config.trainer.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        distributed.init_distributed(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        if restart and self.main and self.checkpoint_dir.exists():
+            shutil.rmtree(self.checkpoint_dir)
+        distributed.barrier()
+
+        cfg = config.trainer
+        data = config.dataset
+        self.manifest = self._load_manifest()
+        self.labels, self.speakers = self.manifest.speaker_ids()
+        augmentation = None
+        if config.augmentation.strategy != "none" and config.augmentation.probability > 0:
+            augmentation = AugmentationSources(config.augmentation, data.data_root, config.features.sample_rate)
+        self.dataset = TrainDataset(self.manifest, data.data_root, data.views, config.features.sample_rate,
+                                    augmentation, data.positive_sampling)
+        try:
+            self.sampler = EpochBatchSampler(len(self.manifest), data.batch_size, cfg.seed, self.rank, self.world,
+                                             cfg.max_steps_per_epoch)
+        except ValueError as error:
+            raise TrainingError(f"{data.manifest}: {error}") from None
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
+                                 num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=False)
+        self.steps_per_epoch = self.sampler.steps
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        info = TrainingInfo(len(self.speakers), len(self.manifest), self.steps_per_epoch, cfg.epochs)
+        self.method = build_method(config, info)
+        if self.method.uses_labels and len(self.speakers) < 2:
+            raise TrainingError(f"{data.manifest}: method '{config.method.name}' needs speaker labels")
+        if self.world > 1:
+            self.method = distributed.convert_batch_norm(self.method, self.device)
+        self.method.to(self.device)
+        self.model: torch.nn.Module = self.method
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+        self.optimizer = build_optimizer(config, self.method)
+        self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.position = Position()
+        self.history: list[dict] = []
+        self.best: float | None = None
+        self.stale_validations = 0
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard")) if self.main else None
+
+    # ------------------------------------------------------------------------------------------------ set-up
+
+    def _load_manifest(self) -> Manifest:
+        data = self.config.dataset
+        path = Path(data.data_root) / data.manifest
+        manifest = read_manifest(path)
+        if data.check_manifest:
+            longest = max(g.seconds for g in data.views)
+            min_seconds = data.min_seconds if data.min_seconds is not None else longest
+            # Every rank checks its own view of the file system: a missing mount on one node must not hang others.
+            check_manifest(manifest, data.data_root, self.config.features.sample_rate, min_seconds)
+        return manifest
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def _state(self) -> dict:
+        return {
+            "position": vars(self.position).copy(),
+            "method": self.method.state_dict(),
+            "method_extra": self.method.extra_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": {"step": self.position.global_step, "steps_per_epoch": self.steps_per_epoch},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "history": self.history,
+            "best": self.best,
+            "stale_validations": self.stale_validations,
+            "config": self.config.to_dict(),
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"], strict=True)
+        self.method.load_extra_state(state.get("method_extra", {}))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.position = Position(**state["position"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.history = state.get("history", [])
+        self.best = state.get("best")
+        self.stale_validations = state.get("stale_validations", 0)
+
+    def save_checkpoint(self) -> None:
+        if self.main:
+            name = ckpt.checkpoint_name(self.position.epoch, self.position.global_step)
+            ckpt.atomic_save(self._state(), self.checkpoint_dir / name)
+            ckpt.prune(ckpt.list_checkpoints(self.checkpoint_dir), self.config.trainer.keep_checkpoints)
+        distributed.barrier()
+
+    def resume(self) -> bool:
+        found = ckpt.list_checkpoints(self.checkpoint_dir)
+        if not found:
+            return False
+        state = ckpt.load_checkpoint(found[-1])
+        self._warn_config_changes(state.get("config", {}))
+        self._load_state(state)
+        if self.main:
+            print(f"resuming from {found[-1]} (epoch {self.position.epoch + 1}, step {self.position.step_in_epoch})")
+        return True
+
+    def _warn_config_changes(self, saved: dict) -> None:
+        current = self.config.to_dict()
+        changed = sorted(k for k in _flatten(current).keys() | _flatten(saved).keys()
+                         if _flatten(current).get(k) != _flatten(saved).get(k))
+        if changed and self.main:
+            print(f"warning: the config differs from the checkpoint's in: {', '.join(changed)}")
+
+    # ------------------------------------------------------------------------------------------------ loop
+
+    def fit(self) -> dict:
+        cfg = self.config.trainer
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yml")
+        self.resume()
+        stopped_early = False
+        while self.position.epoch < cfg.epochs and not stopped_early:
+            self.train_epoch()
+            epoch = self.position.epoch  # just finished (0-based)
+            self.position.epoch += 1
+            self.position.step_in_epoch = 0
+            self._save_epoch_weights(epoch)
+            if cfg.validate_every and cfg.validation_trials and (epoch + 1) % cfg.validate_every == 0:
+                stopped_early = self.validate(epoch)
+            self.save_checkpoint()
+        return self.finish(stopped_early)
+
+    def train_epoch(self) -> None:
+        cfg = self.config.trainer
+        epoch = self.position.epoch
+        self.sampler.set_epoch(epoch, self.position.step_in_epoch)
+        self.method.train()
+        self.method.on_epoch_start(epoch)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.position.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (self.main and cfg.progress_bar), dynamic_ncols=True, leave=False)
+        window: list[float] = []
+        metric_sums: dict[str, float] = {}
+        tick = time.perf_counter()
+        for batch in self.loader:
+            loss, metrics = self.train_step(batch)
+            self.position.step_in_epoch += 1
+            self.position.global_step += 1
+            window.append(loss)
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + value
+            bar.update(1)
+            if self.position.global_step % cfg.log_every_steps == 0 or self.position.step_in_epoch == self.steps_per_epoch:
+                elapsed = time.perf_counter() - tick
+                record = {
+                    "epoch": epoch + 1, "step": self.position.global_step, "loss": sum(window) / len(window),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "samples_per_s": len(window) * self.config.dataset.batch_size / max(elapsed, 1e-9),
+                    **{f"train/{k}": v / len(window) for k, v in metric_sums.items()},
+                }
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                rate=f"{record['samples_per_s']:.0f}/s")
+                window, metric_sums, tick = [], {}, time.perf_counter()
+            if cfg.checkpoint_every_steps and self.position.global_step % cfg.checkpoint_every_steps == 0 \
+                    and self.position.step_in_epoch < self.steps_per_epoch:
+                self.save_checkpoint()
+        bar.close()
+
+    def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
+        cfg = self.config.trainer
+        # Dropout and any other global-RNG use are keyed by step and rank: identical after a resume.
+        torch.manual_seed(cfg.seed * 1_000_003 + self.position.global_step * 7919 + self.rank)
+        lr = learning_rate(cfg, self.position.global_step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views = [v.to(self.device, non_blocking=True) for v in batch["views"]]
+        if batch["plans"]:
+            views = [apply_augmentation(v, **{k: t.to(self.device, non_blocking=True) for k, t in plan.items()})
+                     for v, plan in zip(views, batch["plans"])]
+        inputs = Batch(views, batch["labels"].to(self.device), batch["indices"].to(self.device))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            output = self.model(inputs)
+        global_loss = distributed.all_reduce_mean(output.loss.detach().float())
+        loss_value = float(global_loss)
+        if not math.isfinite(loss_value):
+            self._fail_non_finite(loss_value)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(output.loss).backward()
+        self.method.before_optimizer_step(self.position.epoch)
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stepped = scale_before is None or self.scaler.get_scale() >= scale_before  # fp16: skipped on inf grads
+        if stepped:
+            self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
+        metrics = {k: float(distributed.all_reduce_mean(v.detach().float())) for k, v in output.metrics.items()}
+        return loss_value, metrics
+
+    def _fail_non_finite(self, value: float) -> None:
+        found = ckpt.list_checkpoints(self.checkpoint_dir)
+        kept = f"the last good checkpoint is kept: {found[-1]}" if found else "no checkpoint had been written yet"
+        raise TrainingError(
+            f"loss is {value} at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch + 1} "
+            f"(global step {self.position.global_step + 1}); training stopped before the optimiser step, {kept}. "
+            f"Usual causes: learning rate too high (trainer.lr={self.config.trainer.lr}), no gradient clipping "
+            f"(trainer.grad_clip), fp16 overflow (try trainer.amp=bf16), or silent/corrupt audio."
+        )
+
+    # ------------------------------------------------------------------------------------------------ outputs
+
+    def _log(self, record: dict) -> None:
+        if not self.main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                name = key if "/" in key else f"train/{key}"
+                self.writer.add_scalar(name, value, record["step"])
+
+    def _save_epoch_weights(self, epoch: int) -> None:
+        if not self.main:
+            return
+        path = self.checkpoint_dir / f"weights_e{epoch + 1:04d}.pt"
+        ckpt.atomic_save(self.method.embedding_model().state_dict(), path)
+        ckpt.prune(ckpt.list_epoch_weights(self.checkpoint_dir), self.config.trainer.average_last)
+
+    def validate(self, epoch: int) -> bool:
+        """EER on the validation trials; returns True when early stopping triggers."""
+        from sslsv.evaluation.evaluate import evaluate_model
+
+        cfg = self.config.trainer
+        stop = False
+        if self.main:
+            model = self.method.embedding_model()
+            results = evaluate_model(model, cfg.validation_trials, self.config, self.device, progress=False)
+            metrics = {"val/eer": results.eer, "val/min_dcf_001": results.min_dcf_001, "val/min_dcf_005": results.min_dcf_005}
+            self.history.append({"epoch": epoch + 1, **metrics})
+            self._log({"epoch": epoch + 1, "step": self.position.global_step, **metrics})
+            print(f"epoch {epoch + 1}: validation EER {results.eer:.2f} %, minDCF(0.01) {results.min_dcf_001:.4f}")
+            value = metrics.get(cfg.tracked_metric)
+            if value is None:
+                raise TrainingError(f"trainer.tracked_metric: '{cfg.tracked_metric}' is not one of {', '.join(metrics)}")
+            better = self.best is None or (value < self.best if cfg.tracked_mode == "min" else value > self.best)
+            if better:
+                self.best, self.stale_validations = value, 0
+                ckpt.atomic_save(model.state_dict(), self.run_dir / "model_best.pt")
+            else:
+                self.stale_validations += 1
+            stop = bool(cfg.early_stopping_patience and self.stale_validations >= cfg.early_stopping_patience)
+            if stop:
+                print(f"early stopping: {cfg.tracked_metric} has not improved for {self.stale_validations} validations")
+            self.method.train()
+        return bool(distributed.broadcast_object(stop))
+
+    def finish(self, stopped_early: bool) -> dict:
+        summary = {}
+        if self.main:
+            ckpt.atomic_save(self.method.embedding_model().state_dict(), self.run_dir / "model.pt")
+            weights = ckpt.list_epoch_weights(self.checkpoint_dir)[-self.config.trainer.average_last :]
+            if weights:
+                ckpt.atomic_save(ckpt.average_state_dicts(weights), self.run_dir / "model_avg.pt")
+            summary = {"epochs": self.position.epoch, "steps": self.position.global_step,
+                       "averaged_epochs": len(weights), "stopped_early": stopped_early, "validation": self.history}
+            (self.run_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+            if self.writer:
+                self.writer.close()
+        distributed.barrier()
+        return summary
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
