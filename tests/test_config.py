@@ -1,0 +1,93 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sslsv.config import ConfigError, default_run_dir, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SIMCLR = ROOT / "configs/simclr/fast_resnet34.yml"
+
+
+def test_inheritance_merges_bases_in_order():
+    config = load_config(SIMCLR)
+    assert config.method.name == "simclr"
+    assert config.method.options.temperature == 0.03
+    assert config.dataset.manifest == "voxceleb2/train.csv"  # from base/voxceleb2.yml
+    assert config.trainer.step_gamma == 0.95  # from base/default.yml
+    demo = load_config(ROOT / "configs/simclr/fast_resnet34_demo.yml")
+    assert demo.dataset.manifest == "demo/train.csv" and demo.method.name == "simclr"
+
+
+def test_dotted_overrides_are_typed():
+    config = load_config(SIMCLR, ["trainer.epochs=3", "dataset.batch_size=64", "trainer.grad_clip=3", "encoder.pooling=asp"])
+    assert config.trainer.epochs == 3 and config.dataset.batch_size == 64
+    assert config.trainer.grad_clip == 3.0 and isinstance(config.trainer.grad_clip, float)
+    assert config.encoder.options.pooling == "asp"
+
+
+def test_typo_names_the_key_and_suggests_the_closest():
+    with pytest.raises(ConfigError) as error:
+        load_config(SIMCLR, ["trainer.epoch=2"])
+    assert "trainer.epoch:" in str(error.value) and "trainer.epochs" in str(error.value)
+
+
+def test_typo_inside_a_registry_section():
+    with pytest.raises(ConfigError) as error:
+        load_config(SIMCLR, ["method.temprature=0.1"])
+    assert "method.temprature" in str(error.value) and "method.temperature" in str(error.value)
+
+
+def test_wrong_type_and_bad_literal():
+    with pytest.raises(ConfigError, match="trainer.epochs: expected an integer"):
+        load_config(SIMCLR, ["trainer.epochs=ten"])
+    with pytest.raises(ConfigError, match="did you mean 'adamw'"):
+        load_config(SIMCLR, ["trainer.optimizer=adamm"])
+
+
+def test_unknown_method_lists_registered_ones():
+    with pytest.raises(ConfigError) as error:
+        load_config(SIMCLR, ["method.name=simclrr"])
+    message = str(error.value)
+    assert "method.name" in message and "simclr" in message and "supervised" in message
+
+
+def test_switching_method_drops_the_previous_options():
+    config = load_config(SIMCLR, ["method.name=supervised"])
+    assert config.method.name == "supervised" and config.method.options.margin == 0.2
+
+
+def test_range_check_names_the_key():
+    with pytest.raises(ConfigError, match="augmentation.probability"):
+        load_config(SIMCLR, ["augmentation.probability=1.5"])
+
+
+def test_run_dir_follows_the_config_path(tmp_path):
+    assert default_run_dir(SIMCLR) == "models/simclr/fast_resnet34"
+    assert load_config(SIMCLR, ["run_dir=elsewhere"]).run_dir == "elsewhere"
+
+
+def test_base_cycle_and_missing_base(tmp_path):
+    (tmp_path / "a.yml").write_text("base: b.yml\n")
+    (tmp_path / "b.yml").write_text("base: a.yml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "a.yml")
+    (tmp_path / "c.yml").write_text("base: nope.yml\n")
+    with pytest.raises(ConfigError, match="nope.yml"):
+        load_config(tmp_path / "c.yml")
+
+
+def test_train_cli_reports_typo_without_traceback():
+    result = subprocess.run([sys.executable, "train.py", str(SIMCLR), "trainer.epoch=2"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "trainer.epoch" in result.stderr and "trainer.epochs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_cli_lists_registry():
+    result = subprocess.run([sys.executable, "train.py", "--list"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0
+    for name in ("fast_resnet34", "simclr", "supervised", "sap", "vox1_O"):
+        assert name in result.stdout

@@ -1,0 +1,106 @@
+"""End-to-end behaviour of the trainer on a tiny corpus: learning, resume after SIGKILL, NaN stop, DDP parity."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslsv.config import load_config
+from sslsv.training.trainer import Trainer, TrainingError
+from tests.tiny_corpus import make_tiny_corpus, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_tiny_corpus(tmp_path_factory.mktemp("data"))
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+
+def test_trains_checkpoints_and_averages(corpus, tmp_path):
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **{"trainer.epochs": 4, "trainer.lr": 0.003}))
+    summary = Trainer(config).fit()
+    run = tmp_path / "run"
+    assert summary["epochs"] == 4 and summary["averaged_epochs"] == 2
+    for name in ("config.yml", "model.pt", "model_avg.pt", "metrics.jsonl", "training_summary.json"):
+        assert (run / name).exists(), name
+    assert len(list((run / "checkpoints").glob("checkpoint_*.pt"))) == config.trainer.keep_checkpoints
+    curve = losses(run)
+    assert all(torch.isfinite(torch.tensor(curve)))
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3  # it learns something
+    saved = load_config(run / "config.yml")
+    assert saved.to_dict()["trainer"] == config.to_dict()["trainer"]
+
+
+def test_resume_after_sigkill_is_bit_identical(corpus, tmp_path):
+    common = tiny_overrides(corpus, "RUN", **{"trainer.epochs": 3, "trainer.checkpoint_every_steps": 1})
+    reference = tmp_path / "reference"
+    args = [sys.executable, "train.py", str(CONFIG)]
+    subprocess.run(args + [o.replace("RUN", str(reference)) for o in common], cwd=ROOT, env=ENV, check=True,
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(args + [o.replace("RUN", str(killed)) for o in common], cwd=ROOT, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((killed / "checkpoints").glob("checkpoint_e0001_*.pt"))) == 0:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
+    result = subprocess.run(args + [o.replace("RUN", str(killed)) for o in common], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout
+    a, b = torch.load(reference / "model.pt"), torch.load(killed / "model.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(corpus, tmp_path, monkeypatch):
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **{"trainer.checkpoint_every_steps": 1}))
+    trainer = Trainer(config)
+    original = trainer.method.forward
+    calls = {"n": 0}
+
+    def poisoned(batch):
+        calls["n"] += 1
+        out = original(batch)
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.method, "forward", poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at epoch 1, step 3") as error:
+        trainer.fit()
+    kept = sorted((tmp_path / "run/checkpoints").glob("checkpoint_*.pt"))
+    assert kept and kept[-1].name.endswith("_s00000002.pt")
+    assert str(kept[-1]) in str(error.value)
+    state = torch.load(kept[-1], weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if torch.is_floating_point(v))
+
+
+def test_torchrun_two_cpu_processes_match_one_process(corpus, tmp_path):
+    common = tiny_overrides(corpus, "RUN", **{"trainer.epochs": 2, "augmentation.strategy": "none"})
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run([sys.executable, "train.py", str(CONFIG)] + [o.replace("RUN", str(single)) for o in common],
+                   cwd=ROOT, env=ENV, check=True, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train.py",
+         str(CONFIG)] + [o.replace("RUN", str(double)) for o in common],
+        cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = losses(single), losses(double)
+    assert len(a) == len(b) > 2
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-3, atol=1e-4), (a, b)
