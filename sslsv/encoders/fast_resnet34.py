@@ -40,9 +40,9 @@ class FastResNet34Config:
 class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int, reduction: int):
         super().__init__()
+        hidden = max(channels // reduction, 1)  # narrow test-sized models keep a non-empty bottleneck
         self.fc = nn.Sequential(
-            nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
-            nn.Linear(channels // reduction, channels), nn.Sigmoid(),
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
