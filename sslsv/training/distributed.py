@@ -71,7 +71,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = rank() * ctx.batch
         return grad[start : start + ctx.batch]
@@ -149,19 +149,22 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         channels = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
+        shape = [1, channels] + [1] * (x.dim() - 2)
         count = torch.tensor([x.numel() // channels], dtype=x.dtype, device=x.device)
-        stats = all_reduce_sum(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:channels] / n
-        var = (stats[channels : 2 * channels] / n - mean * mean).clamp(min=0)
+        # Two passes (mean, then centred squares) instead of E[x^2] - E[x]^2, which loses float32 precision
+        # whenever |mean| >> std and makes N processes drift away from one process.
+        totals = all_reduce_sum(torch.cat([x.sum(dims), count]))
+        n = totals[-1]
+        mean = totals[:channels] / n
+        centred = x - mean.view(shape)
+        var = all_reduce_sum((centred * centred).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 momentum = 0.1 if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
                 self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1).clamp(min=1))
                 self.num_batches_tracked.add_(1)
-        shape = [1, channels] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
@@ -173,6 +176,9 @@ def convert_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.n
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        reference = next(iter(module.state_dict().values()), None)
+        if reference is not None:
+            new = new.to(device=reference.device, dtype=reference.dtype)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new

