@@ -72,7 +72,9 @@ class DatasetConfig:
     batch_size: int = 256  # global batch: divided across ranks under torchrun
     num_workers: int = 4
     check_manifest: bool = True  # verify every file before training (missing, empty, unreadable, rate, length)
-    min_seconds: float | None = None  # shortest usable file; None: the longest view
+    # Shortest usable file. Files shorter than a view are repeated to fill it (never zero-padded); set this to the
+    # longest view to forbid that.
+    min_seconds: float = 0.5
     # How the views of one sample are drawn: crops of the same utterance, or (analysis only) crops of different
     # recordings of the same speaker, which needs labels in the manifest.
     positive_sampling: Literal["same_utterance", "supervised"] = "same_utterance"

@@ -149,10 +149,8 @@ class Trainer:
         path = Path(data.data_root) / data.manifest
         manifest = read_manifest(path)
         if data.check_manifest:
-            longest = max(g.seconds for g in data.views)
-            min_seconds = data.min_seconds if data.min_seconds is not None else longest
             # Every rank checks its own view of the file system: a missing mount on one node must not hang others.
-            check_manifest(manifest, data.data_root, self.config.features.sample_rate, min_seconds)
+            check_manifest(manifest, data.data_root, self.config.features.sample_rate, data.min_seconds)
         return manifest
 
     # ------------------------------------------------------------------------------------------------ state
