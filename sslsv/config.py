@@ -8,6 +8,7 @@ a wrong type or an unknown registry name raises ConfigError naming the dotted ke
 from __future__ import annotations
 
 import copy
+import re
 import dataclasses
 import os
 import types
@@ -132,6 +133,7 @@ class TrainerConfig:
     validate_every: int = 0  # epochs; 0: never
     validation_trials: str | None = None  # trial-set name or path relative to data_root
     early_stopping_patience: int = 0  # validations without improvement before stopping; 0: off
+    early_stopping_min_delta: float = 0.0  # an improvement smaller than this does not count
     tracked_metric: str = "val/eer"
     tracked_mode: Literal["min", "max"] = "min"
     log_every_steps: int = 10
@@ -176,6 +178,8 @@ class Config:
     def to_dict(self) -> dict:
         return _to_plain(self)
 
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 SPEC_REGISTRIES: dict[str, Registry] = {"encoder": ENCODERS, "method": METHODS}
 
@@ -390,6 +394,8 @@ def convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -25,6 +25,7 @@ def test_dotted_overrides_are_typed():
     assert config.trainer.epochs == 3 and config.dataset.batch_size == 64
     assert config.trainer.grad_clip == 3.0 and isinstance(config.trainer.grad_clip, float)
     assert config.encoder.options.pooling == "asp"
+    assert load_config(SIMCLR, ["trainer.lr=1e-4"]).trainer.lr == 1e-4  # YAML 1.1 would read a string
 
 
 def test_typo_names_the_key_and_suggests_the_closest():

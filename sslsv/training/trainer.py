@@ -350,7 +350,9 @@ class Trainer:
             value = metrics.get(cfg.tracked_metric)
             if value is None:
                 raise TrainingError(f"trainer.tracked_metric: '{cfg.tracked_metric}' is not one of {', '.join(metrics)}")
-            better = self.best is None or (value < self.best if cfg.tracked_mode == "min" else value > self.best)
+            delta = cfg.early_stopping_min_delta
+            better = self.best is None or (
+                value < self.best - delta if cfg.tracked_mode == "min" else value > self.best + delta)
             if better:
                 self.best, self.stale_validations = value, 0
                 ckpt.atomic_save(model.state_dict(), self.run_dir / "model_best.pt")

@@ -108,3 +108,27 @@ def test_torchrun_two_cpu_processes_match_one_process(corpus, tmp_path):
     a, b = losses(single), losses(double)
     assert len(a) == len(b) > 2
     assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=2e-3, atol=0), (a, b)
+
+
+def test_bf16_autocast_really_autocasts(corpus, tmp_path):
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **{"trainer.amp": "bf16", "trainer.epochs": 1}))
+    trainer = Trainer(config)
+    seen = []
+    first_conv = trainer.method.encoder.encoder.stem[0]
+    first_conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    trainer.fit()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.method.parameters())  # master weights stay fp32
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+
+
+def test_validation_and_early_stopping(corpus, tmp_path):
+    overrides = {"trainer.epochs": 6, "trainer.validate_every": 1, "trainer.validation_trials": "tiny/trials.txt",
+                 "trainer.early_stopping_patience": 2, "trainer.early_stopping_min_delta": 101}
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **overrides))
+    summary = Trainer(config).fit()
+    # no EER can improve by more than 101 points: the 2nd and 3rd validations are stale -> stop after epoch 3
+    assert summary["stopped_early"] and summary["epochs"] == 3
+    assert [v["epoch"] for v in summary["validation"]] == [1, 2, 3]
+    assert all(0 <= v["val/eer"] <= 100 for v in summary["validation"])
+    assert (tmp_path / "run/model_best.pt").exists()
