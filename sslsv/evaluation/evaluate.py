@@ -124,14 +124,20 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
             trials, scores = score_trials(model, name, config, torch_device, progress)
             metrics = compute_metrics(scores, trials.labels)
             suffix = "" if not random_weights else "_random"
-            write_scores(run_dir / "scores" / f"{name}{suffix}.score", trials.enroll, trials.test, scores, trials.labels)
-            results[f"test/{name}{suffix}"] = {**asdict(metrics), "weights": source}
+            write_scores(run_dir / "scores" / f"{slug(name)}{suffix}.score", trials.enroll, trials.test, scores, trials.labels)
+            results[f"test/{slug(name)}{suffix}"] = {**asdict(metrics), "weights": source}
             curves[f"{run_dir.name} ({label})"] = (scores, trials.labels)
             table.append((name, label, metrics))
-        plot_det(curves, run_dir / f"det_{name}.png", title=f"{run_dir} on {name}")
+        plot_det(curves, run_dir / f"det_{slug(name)}.png", title=f"{run_dir} on {name}")
     results_path.write_text(json.dumps(results, indent=2))
     print(format_table(table))
     return results
+
+
+def slug(trials_name: str) -> str:
+    """File-name-safe name of a trial set: vox1_O stays vox1_O, lists/my trials.txt becomes lists_my_trials."""
+    name = trials_name[:-4] if trials_name.endswith(".txt") else trials_name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("/", "_")).strip("_.")
 
 
 def format_table(rows: list[tuple[str, str, VerificationMetrics]]) -> str:

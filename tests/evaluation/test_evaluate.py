@@ -1,0 +1,60 @@
+"""evaluate.py end to end on a tiny trained run: scores, results.json, DET plot, table, most recent run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sslsv.config import load_config
+from sslsv.evaluation.evaluate import RunError, evaluate_run, latest_run, load_model
+from sslsv.evaluation.scoring import read_scores
+from sslsv.training.trainer import Trainer
+from tests.tiny_corpus import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("models") / "simclr" / "tiny"
+    config = load_config(ROOT / "configs/simclr/fast_resnet34.yml", tiny_overrides(tiny_data, run_dir))
+    Trainer(config).fit()
+    return run_dir
+
+
+def test_evaluate_run_writes_every_output(run, capsys):
+    results = evaluate_run(run, ["tiny/trials.txt"], random_baseline=True, progress=False)
+    table = capsys.readouterr().out
+    assert "trained" in table and "random weights" in table and "EER" in table
+    stored = json.loads((run / "results.json").read_text())
+    for key in ("test/tiny_trials", "test/tiny_trials_random"):
+        assert 0 <= stored[key]["eer"] <= 100 and stored[key]["num_trials"] > 0
+    assert stored["test/tiny_trials"]["weights"].endswith("model_avg.pt")
+    scores = read_scores(run / "scores" / "tiny_trials.score")
+    trial_lines = (Path(load_model(run)[1].dataset.data_root) / "tiny/trials.txt").read_text().split("\n")
+    assert len(scores.scores) == len([line for line in trial_lines if line.strip()])
+    assert np.all(np.abs(scores.scores) <= 1.0 + 1e-5)
+    assert (run / "det_tiny_trials.png").stat().st_size > 0
+    assert results == stored
+
+
+def test_latest_run_and_missing_run(run, tmp_path):
+    assert latest_run(run.parent.parent) == run
+    with pytest.raises(RunError, match="no trained run"):
+        latest_run(tmp_path)
+    with pytest.raises(RunError, match="config.yml is missing"):
+        load_model(tmp_path)
+
+
+def test_evaluate_cli(run):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", "tiny/trials.txt"], cwd=ROOT,
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "tiny/trials.txt" in result.stdout and "EER" in result.stdout
+    bad = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", "vox1_Q"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "vox1_O" in bad.stderr and "Traceback" not in bad.stderr
