@@ -37,6 +37,7 @@ def _run(function, *args) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    """Train a speaker encoder: sslsv train CONFIG [key.sub=value ...] (same as python train.py)."""
     parser = argparse.ArgumentParser(
         prog="train.py", description="Train a speaker encoder with any registered method.",
         epilog="Overrides use dotted keys: trainer.epochs=3 dataset.batch_size=64 encoder.pooling=asp",
@@ -76,6 +77,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
+    """Evaluate a run on trial lists: sslsv evaluate [RUN] --trials vox1_O (same as python evaluate.py)."""
     parser = argparse.ArgumentParser(prog="evaluate.py", description="Evaluate a trained run on trial lists.")
     parser.add_argument("run", nargs="?", help="run directory (default: the most recent run under models/)")
     parser.add_argument("--trials", nargs="+", help="trial-set names (vox1_O vox1_E vox1_H demo) or trial files")
@@ -99,12 +101,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`sslsv` command: sslsv {train,evaluate,demo-corpus,check-manifest,list} ..."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from sslsv.cli_tools import average_main, embed_main, export_main, fuse_main, prepare_main, score_main
+
     commands = {
         "train": train_main,
         "evaluate": evaluate_main,
         "demo-corpus": _demo_corpus,
+        "prepare": prepare_main,
         "check-manifest": _check_manifest,
-        "list": lambda rest: (print(describe()), 0)[1],
+        "embed": embed_main,
+        "score": score_main,
+        "fuse": fuse_main,
+        "export": export_main,
+        "average": average_main,
+        "list": _list,
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: sslsv {" + ",".join(commands) + "} ...")
@@ -112,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<15} {(function.__doc__ or '').strip().splitlines()[0] if function.__doc__ else ''}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return commands[argv[0]](argv[1:])
+
+
+def _list(argv: list[str]) -> int:
+    """Print the registered encoders, methods, poolings and trial sets."""
+    print(describe())
+    return 0
 
 
 def _demo_corpus(argv: list[str]) -> int:
@@ -140,3 +156,7 @@ def _check_manifest(argv: list[str]) -> int:
         print(f"{args.manifest}: {len(manifest)} files OK, {sum(durations) / 3600:.2f} h")
 
     return _run(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
