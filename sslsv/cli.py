@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "fuse": fuse_main,
         "export": export_main,
         "average": average_main,
+        "profile": _profile,
+        "diagnostics": _diagnostics,
         "list": _list,
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
@@ -122,6 +124,49 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<15} {(function.__doc__ or '').strip().splitlines()[0] if function.__doc__ else ''}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return commands[argv[0]](argv[1:])
+
+
+def _profile(argv: list[str]) -> int:
+    """Parameters and MACs per second of audio of a config's encoder: sslsv profile CONFIG [key=value ...]."""
+    parser = argparse.ArgumentParser(prog="sslsv profile")
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--seconds", type=float, default=2.0, help="input length used for counting")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from sslsv.config import load_config
+        from sslsv.encoders.base import build_encoder
+        from sslsv.encoders.profile import profile_encoder
+
+        config = load_config(args.config, args.overrides)
+        encoder = build_encoder(config.encoder, config.features)
+        figures = profile_encoder(encoder, seconds=args.seconds, sample_rate=config.features.sample_rate,
+                                  n_mels=config.features.n_mels)
+        views = config.dataset.views
+        sample_seconds = sum(g.count * g.seconds for g in views)
+        print(f"encoder        {config.encoder.name} ({config.features.n_mels} mels)")
+        print(f"parameters     {figures['params']:,} (trainable {figures['trainable']:,})")
+        print(f"GMACs / s      {figures['macs_per_second'] / 1e9:.3f}  (conv + linear layers, measured on {args.seconds:g} s)")
+        print(f"GMACs / sample {figures['macs_per_second'] * sample_seconds / 1e9:.3f}  (forward, all views: "
+              f"{sample_seconds:g} s of audio; FLOPs ~ 2 x MACs)")
+
+    return _run(run)
+
+
+def _diagnostics(argv: list[str]) -> int:
+    """Plot a run's collapse diagnostics over training steps: sslsv diagnostics RUN [--out PNG]."""
+    parser = argparse.ArgumentParser(prog="sslsv diagnostics")
+    parser.add_argument("run")
+    parser.add_argument("--out", default=None, help="PNG path (default RUN/diagnostics.png)")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from sslsv.training.diagnostics import plot_diagnostics
+
+        print(plot_diagnostics(args.run, args.out))
+
+    return _run(run)
 
 
 def _list(argv: list[str]) -> int:

@@ -157,6 +157,36 @@ class EvaluationConfig:
 
 
 @dataclass
+class CollapseConfig:
+    """When to call a run collapsed (review, section 6.1). A rule must hold for `patience_steps` consecutive
+    checks before it is reported; metrics a method does not log are ignored."""
+
+    enabled: bool = True
+    action: Literal["warn", "stop"] = "warn"
+    patience_steps: int = 50
+    # Complete collapse: near-constant embeddings (healthy: about 1/sqrt(D), 0.044 at D = 512).
+    min_embedding_std: float = 0.002
+    # Dimensional collapse: embeddings on (about) a line.
+    min_effective_rank: float = 1.5
+    # DINO without centering: one-hot teacher (healthy teacher entropy at tau_t = 0.04 is ~0.07 nats, Table 9).
+    min_teacher_entropy: float = 0.01
+    # Uniform collapse: an entropy within this fraction of its maximum (log of the number of candidates /
+    # prototypes, given by the method's `entropy_bounds`), e.g. MoCo without negatives -> log|Q|, DINO without
+    # sharpening -> log(out_dim).
+    max_entropy_ratio: float = 0.98
+    # Clustering methods: all samples in a few clusters.
+    min_cluster_entropy: float = 0.5
+    # Constant teacher and student outputs (null: not checked, a converged run also has a small KL).
+    min_kl_teacher_student: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.patience_steps < 1:
+            raise ConfigError("collapse.patience_steps: must be at least 1")
+        if not 0 < self.max_entropy_ratio <= 1:
+            raise ConfigError("collapse.max_entropy_ratio: must be in (0, 1]")
+
+
+@dataclass
 class Spec:
     """A registry-typed section: the entry's name and its validated options."""
 
@@ -173,6 +203,7 @@ class Config:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
     run_dir: str | None = None  # default: models/<config path under configs/ without .yml>
 
     def to_dict(self) -> dict:

@@ -55,6 +55,9 @@ class Method(nn.Module):
     def __init__(self, encoder: SpeakerModel):
         super().__init__()
         self.encoder = encoder
+        # Maximum value of each entropy metric the method logs (e.g. log of the number of candidates), read by the
+        # collapse detector to recognise "uniform" collapse; may be filled on the first step.
+        self.entropy_bounds: dict[str, float] = {}
 
     def forward(self, batch: Batch) -> StepOutput:
         raise NotImplementedError

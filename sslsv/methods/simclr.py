@@ -11,6 +11,7 @@ Under torchrun the negatives come from the global batch: local anchors are score
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
 from sslsv.training import distributed
+from sslsv.training.diagnostics import method_metrics, softmax_entropy
 
 
 @dataclass
@@ -35,15 +37,16 @@ class NTXentLoss(nn.Module):
     Args:
         z1, z2: embeddings of the two views, (B, D) each; row i of z1 and z2 come from the same utterance.
     Returns:
-        scalar: mean over the 2B local anchors of -log softmax of the positive among the 2N - 1 global candidates
-        (N = global batch), i.e. the anchor itself is excluded.
+        (scalar: mean over the 2B local anchors of -log softmax of the positive among the 2N - 1 global candidates
+        (N = global batch), i.e. the anchor itself is excluded; detached metrics: top-1 accuracy and the mean
+        entropy of the contrastive distribution, log(2N - 1) when embeddings are constant).
     """
 
     def __init__(self, temperature: float = 0.03):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
         batch = z1.shape[0]
         n = batch * distributed.world_size()
@@ -60,7 +63,7 @@ class NTXentLoss(nn.Module):
         logits = logits.masked_fill(self_mask, float("-inf"))
         loss = F.cross_entropy(logits, positive_index)
         accuracy = (logits.argmax(dim=1) == positive_index).float().mean()
-        return loss, accuracy.detach()
+        return loss, {"accuracy": accuracy.detach(), "contrastive_entropy": softmax_entropy(logits)}
 
 
 @METHODS.register("simclr", config=SimCLRConfig)
@@ -71,6 +74,7 @@ class SimCLR(Method):
         super().__init__(encoder)
         self.projector = build_projector(cfg.projector, encoder.embed_dim)
         self.loss = NTXentLoss(cfg.temperature)
+        self.entropy_bounds: dict[str, float] = {}
 
     def forward(self, batch: Batch) -> StepOutput:
         if len(batch.views) < 2:
@@ -81,5 +85,8 @@ class SimCLR(Method):
             y1, y2 = y.chunk(2)
         else:
             y1, y2 = self.encoder(x1), self.encoder(x2)
-        loss, accuracy = self.loss(self.projector(y1), self.projector(y2))
-        return StepOutput(loss, {"accuracy": accuracy})
+        z1, z2 = self.projector(y1), self.projector(y2)
+        loss, metrics = self.loss(z1, z2)
+        candidates = 2 * len(z1) * distributed.world_size() - 1
+        self.entropy_bounds["contrastive_entropy"] = math.log(candidates)  # read by the collapse detector
+        return StepOutput(loss, {**metrics, **method_metrics(torch.cat([z1, z2]))})

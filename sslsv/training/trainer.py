@@ -28,6 +28,7 @@ from sslsv.methods.base import Batch, Method, TrainingInfo
 from sslsv.registry import METHODS
 from sslsv.training import checkpoint as ckpt
 from sslsv.training import distributed
+from sslsv.training.diagnostics import CollapseDetector
 from sslsv.training.schedules import learning_rate
 
 
@@ -124,6 +125,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         info = TrainingInfo(len(self.speakers), len(self.manifest), self.steps_per_epoch, cfg.epochs)
         self.method = build_method(config, info)
+        self.collapse = CollapseDetector(config.collapse, self.method.entropy_bounds)
         if self.method.uses_labels and len(self.speakers) < 2:
             raise TrainingError(f"{data.manifest}: method '{config.method.name}' needs speaker labels")
         if self.world > 1:
@@ -251,6 +253,7 @@ class Trainer:
             loss, metrics = self.train_step(batch)
             self.position.step_in_epoch += 1
             self.position.global_step += 1
+            self._watch_collapse(metrics)
             window.append(loss)
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
@@ -304,6 +307,18 @@ class Trainer:
             self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
         metrics = {k: float(distributed.all_reduce_mean(v.detach().float())) for k, v in output.metrics.items()}
         return loss_value, metrics
+
+    def _watch_collapse(self, metrics: dict[str, float]) -> None:
+        """Metrics are already averaged over ranks, so every rank takes the same decision."""
+        message = self.collapse.check(self.position.global_step, metrics)
+        if message is None:
+            return
+        if self.main:
+            tqdm.write(f"warning: {message}")
+            self._log({"epoch": self.position.epoch + 1, "step": self.position.global_step, "collapse": message})
+        if self.collapse.should_stop:
+            self.save_checkpoint()
+            raise TrainingError(f"{message} (collapse.action=stop; the checkpoint at this step is kept)")
 
     def _fail_non_finite(self, value: float) -> None:
         found = ckpt.list_checkpoints(self.checkpoint_dir)

@@ -132,3 +132,27 @@ def test_validation_and_early_stopping(corpus, tmp_path):
     assert [v["epoch"] for v in summary["validation"]] == [1, 2, 3]
     assert all(0 <= v["val/eer"] <= 100 for v in summary["validation"])
     assert (tmp_path / "run/model_best.pt").exists()
+
+
+def test_collapse_detector_warns_or_stops(corpus, tmp_path):
+    # An impossible threshold (std of L2-normalised embeddings cannot reach 10) makes every step look collapsed.
+    common = {"collapse.min_embedding_std": 10.0, "collapse.patience_steps": 2, "trainer.epochs": 1}
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "warn", **common))
+    Trainer(config).fit()
+    records = [json.loads(line) for line in (tmp_path / "warn/metrics.jsonl").read_text().splitlines()]
+    assert any("embedding" in r.get("collapse", "") for r in records)
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "stop", **common, **{"collapse.action": "stop"}))
+    with pytest.raises(TrainingError, match="collapse.action=stop"):
+        Trainer(config).fit()
+    assert list((tmp_path / "stop/checkpoints").glob("checkpoint_*_s00000002.pt"))
+
+
+def test_sslsv_profile_and_diagnostics_commands(corpus, tmp_path):
+    from sslsv.cli import main
+
+    assert main(["profile", str(CONFIG)]) == 0
+    run = tmp_path / "run"
+    Trainer(load_config(CONFIG, tiny_overrides(corpus, run, **{"trainer.epochs": 1}))).fit()
+    assert main(["diagnostics", str(run)]) == 0
+    assert (run / "diagnostics.png").stat().st_size > 0
+    assert main(["diagnostics", str(tmp_path / "missing")]) == 2

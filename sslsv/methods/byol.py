@@ -1,0 +1,95 @@
+"""BYOL (Grill et al., 2020, arXiv 2006.07733) for speaker verification.
+
+Review (../shared/papers/ssl_sv_review.txt), section 2.4.1, Eq. (9):
+
+    L_BYOL = 2 - 2 * 1/B sum_i sim(p_i, z'_i),   p_i = h_psi(z_i)
+
+z_i: online (student) embedding, p_i its prediction, z'_i: target embedding of the other view from the momentum
+encoder + projector (stop-gradient). "The implementation is symmetric by recomputing the loss after swapping the
+anchor and positive inputs": the two directions are summed, L_total = L + L~ (BYOL paper, section 3.1).
+Settings (section 4.3): projector 2048-2048-512 (BN + ReLU), predictor linear-BN-ReLU-linear with hidden 4096,
+EMA m from 0.996 to 1 with a cosine schedule over the run. The target branch's BN running statistics are its own
+(see methods/ema.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslsv.config import ConfigError
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.ema import momentum_copy, update_momentum
+from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
+from sslsv.registry import METHODS
+from sslsv.training.diagnostics import method_metrics
+from sslsv.training.schedules import cosine_schedule
+
+
+@dataclass
+class BYOLConfig:
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    predictor_hidden_dim: int = 4096  # review section 4.3
+    momentum_start: float = 0.996  # m, cosine to momentum_end (review section 4.3)
+    momentum_end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.momentum_start <= self.momentum_end <= 1:
+            raise ConfigError("method.momentum_start: need 0 <= momentum_start <= momentum_end <= 1")
+
+
+def negative_cosine_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """2 - 2 * mean_i cos(p_i, z_i) for (B, D) inputs; z is used as a constant (stop-gradient)."""
+    return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+class BYOLLoss(nn.Module):
+    """Symmetric Eq. (9). Args: p1, p2 predictions (B, D) of views 1 and 2; z1, z2 target embeddings (B, D).
+    Returns L(p1, z2) + L(p2, z1)."""
+
+    def forward(self, p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return negative_cosine_loss(p1, z2) + negative_cosine_loss(p2, z1)
+
+
+@METHODS.register("byol", config=BYOLConfig)
+class BYOL(Method):
+    """BYOL: self-distillation with predictor and momentum target (review Eq. 9); m 0.996 -> 1 (cosine)."""
+
+    def __init__(self, encoder, cfg: BYOLConfig, info: TrainingInfo):
+        super().__init__(encoder)
+        self.cfg = cfg
+        self.projector = build_projector(cfg.projector, encoder.embed_dim)
+        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        self.predictor = predictor(dim, cfg.predictor_hidden_dim, dim)
+        self.target_encoder = momentum_copy(encoder)
+        self.target_projector = momentum_copy(self.projector)
+        self.loss = BYOLLoss()
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
+
+    def forward(self, batch: Batch) -> StepOutput:
+        if len(batch.views) < 2:
+            raise ValueError("byol needs 2 views per utterance (dataset.views)")
+        x1, x2 = batch.views[0], batch.views[1]
+        batched = x1.shape == x2.shape
+        z1, z2 = _two_views(lambda x: self.projector(self.encoder(x)), x1, x2, batched)
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        with torch.no_grad():
+            t1, t2 = _two_views(lambda x: self.target_projector(self.target_encoder(x)), x1, x2, batched)
+        loss = self.loss(p1, p2, t1, t2)
+        return StepOutput(loss, method_metrics(torch.cat([z1, z2])))
+
+    def after_optimizer_step(self, progress: float) -> None:
+        m = cosine_schedule(progress, self.cfg.momentum_start, self.cfg.momentum_end)
+        for online, ema in self.momentum_pairs():
+            update_momentum(online, ema, m)
+
+
+def _two_views(branch, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """branch(x) for both views, in one pass when they have the same length (BN over the whole batch)."""
+    if batched:
+        return branch(torch.cat([x1, x2])).chunk(2)
+    return branch(x1), branch(x2)

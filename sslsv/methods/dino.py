@@ -1,0 +1,183 @@
+"""DINO (Caron et al., 2021, arXiv 2104.14294) for speaker verification.
+
+Review (../shared/papers/ssl_sv_review.txt), section 2.4.3, Eq. (11):
+
+    L_DINO = 1/B sum_i sum_{t=1..G} sum_{s=1..G+L, s != t} H( (z'_{i,t} - c) / tau_t , z_{i,s} / tau_s )
+    H(a, b) = -softmax(a) . log softmax(b)
+
+z'_{i,t}: teacher output of global view t; z_{i,s}: student output of view s (G global then L local views);
+c: running mean of the teacher outputs (centering), tau_t < tau_s (sharpening). The teacher (encoder + head) is an
+EMA of the student, m from 0.996 to 1 (cosine). Settings (sections 4.3 and 5.4): G = 2 x 4 s, L = 4 x 2 s;
+head 2048-2048-256 -> L2 norm -> weight-normalised 65 536-way last layer, frozen during the first epoch; tau_s =
+0.1, tau_t = 0.04 (optional linear warm-up from `warmup_teacher_temperature` over `warmup_teacher_epochs`, as the
+original DINO; Table 9); centre momentum 0.9; gradient clipping 3 (trainer.grad_clip). Evaluation uses the teacher.
+
+Deviation: as the authors' code (facebookresearch/dino `main_dino.py` DINOLoss; theolepage/sslsv DINOLoss), the
+sum over the G (G + L - 1) (teacher, student) pairs is averaged, i.e. Eq. (11) divided by the number of pairs.
+Distributed: the centre update all-reduces the teacher outputs' mean across ranks (`update_center`, a no-grad
+method called by `forward` after the loss, like DINOLoss.update_center). BN buffers: see methods/ema.py.
+Ablations (review Figure 4b): `centering: false` (no c), `sharpening: false` (tau_t = tau_s).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslsv.config import ConfigError
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.ema import momentum_copy, update_momentum
+from sslsv.methods.heads import DINOHead
+from sslsv.registry import METHODS
+from sslsv.training import distributed
+from sslsv.training.diagnostics import kl_divergence, method_metrics, softmax_entropy
+from sslsv.training.schedules import cosine_schedule
+
+
+@dataclass
+class DINOConfig:
+    global_views: int = 2  # G: the first G of batch.views go through the teacher (review section 4.3)
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 65536  # D_e (Table 8)
+    student_temperature: float = 0.1  # tau_s
+    teacher_temperature: float = 0.04  # tau_t (Table 9)
+    teacher_temperature_warmup: bool = False
+    warmup_teacher_temperature: float = 0.04
+    warmup_teacher_epochs: int = 0
+    center_momentum: float = 0.9
+    momentum_start: float = 0.996  # EMA m, cosine to momentum_end
+    momentum_end: float = 1.0
+    freeze_last_layer_epochs: int = 1
+    centering: bool = True
+    sharpening: bool = True
+
+    def __post_init__(self) -> None:
+        if self.global_views < 1:
+            raise ConfigError("method.global_views: must be at least 1")
+        if min(self.student_temperature, self.teacher_temperature, self.warmup_teacher_temperature) <= 0:
+            raise ConfigError("method.teacher_temperature: temperatures must be positive")
+        if not 0 <= self.momentum_start <= self.momentum_end <= 1:
+            raise ConfigError("method.momentum_start: need 0 <= momentum_start <= momentum_end <= 1")
+        if not 0 <= self.center_momentum < 1:
+            raise ConfigError("method.center_momentum: must be in [0, 1)")
+
+
+class DINOLoss(nn.Module):
+    """Eq. (11), averaged over the (teacher view, student view) pairs with different indices.
+
+    Args:
+        teacher: list of G teacher outputs (B, K) (no gradient); student: list of G + L student outputs (B, K),
+        the first G from the same global views as the teacher; center: (1, K); teacher_temperature: tau_t.
+    Returns:
+        (loss, teacher probabilities per global view, student log-probabilities per view), the last two detached.
+    """
+
+    def __init__(self, student_temperature: float = 0.1):
+        super().__init__()
+        self.student_temperature = student_temperature
+
+    def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor], center: torch.Tensor,
+                teacher_temperature: float) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        targets = [F.softmax((_fp32(t) - center) / teacher_temperature, dim=-1).detach() for t in teacher]
+        log_probs = [F.log_softmax(_fp32(s) / self.student_temperature, dim=-1) for s in student]
+        total, pairs = 0.0, 0
+        for t, target in enumerate(targets):
+            for s, log_p in enumerate(log_probs):
+                if s == t:
+                    continue
+                total = total + (-(target * log_p).sum(dim=-1)).mean()
+                pairs += 1
+        return total / pairs, targets, [lp.detach() for lp in log_probs]
+
+
+@METHODS.register("dino", config=DINOConfig)
+class DINO(Method):
+    """DINO: self-distillation with multi-crop, centering and sharpening (review Eq. 11); evaluated with the teacher."""
+
+    def __init__(self, encoder, cfg: DINOConfig, info: TrainingInfo):
+        super().__init__(encoder)
+        self.cfg = cfg
+        self.head = DINOHead(encoder.embed_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        self.teacher_encoder = momentum_copy(encoder)
+        self.teacher_head = momentum_copy(self.head)
+        self.loss = DINOLoss(cfg.student_temperature)
+        self.register_buffer("center", torch.zeros(1, cfg.out_dim))
+        self.epochs = info.epochs if info is not None else 1
+        self.epoch = 0
+        self.entropy_bounds = {"teacher_entropy": math.log(cfg.out_dim)}
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
+
+    def embedding_model(self):
+        return self.teacher_encoder
+
+    def teacher_temperature(self, epoch: int) -> float:
+        """tau_t for `epoch`: tau_s without sharpening; else linear warm-up, then constant."""
+        cfg = self.cfg
+        if not cfg.sharpening:
+            return cfg.student_temperature
+        if cfg.teacher_temperature_warmup and epoch < cfg.warmup_teacher_epochs:
+            fraction = epoch / cfg.warmup_teacher_epochs
+            return cfg.warmup_teacher_temperature + fraction * (cfg.teacher_temperature - cfg.warmup_teacher_temperature)
+        return cfg.teacher_temperature
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _by_length(self, network, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """network(view) for every view, one pass per group of consecutive views of the same length."""
+        outputs, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape == views[start].shape:
+                end += 1
+            outputs.extend(network(torch.cat(views[start:end])).chunk(end - start))
+            start = end
+        return outputs
+
+    def forward(self, batch: Batch) -> StepOutput:
+        g = self.cfg.global_views
+        if len(batch.views) < max(g, 2):
+            raise ValueError(f"dino needs at least {max(g, 2)} views (dataset.views: {g} global, then local)")
+        representations = self._by_length(self.encoder, batch.views)  # student sees every view
+        student = [self.head(y) for y in representations]
+        with torch.no_grad():
+            teacher = self._by_length(lambda x: self.teacher_head(self.teacher_encoder(x)), batch.views[:g])
+        center = self.center if self.cfg.centering else torch.zeros_like(self.center)
+        loss, targets, log_probs = self.loss(teacher, student, center, self.teacher_temperature(self.epoch))
+        if self.cfg.centering:
+            self.update_center(torch.cat(teacher))
+        kl = torch.stack([kl_divergence(targets[t], log_probs[s])
+                          for t in range(len(targets)) for s in range(len(log_probs)) if s != t]).mean()
+        metrics = {
+            "teacher_entropy": torch.stack([softmax_entropy(torch.log(p.clamp_min(1e-30))) for p in targets]).mean(),
+            "kl_teacher_student": kl,
+            "teacher_temperature": torch.tensor(self.teacher_temperature(self.epoch), device=loss.device),
+            **method_metrics(torch.cat(representations[:g])),
+        }
+        return StepOutput(loss, metrics)
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        """c <- m c + (1 - m) mean of the teacher outputs (B G, K) over the global batch."""
+        batch_center = distributed.all_reduce_mean(_fp32(teacher_output).mean(dim=0, keepdim=True))
+        self.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)
+
+    def before_optimizer_step(self, epoch: int) -> None:
+        if epoch < self.cfg.freeze_last_layer_epochs:
+            self.head.cancel_last_layer_gradients()
+
+    def after_optimizer_step(self, progress: float) -> None:
+        m = cosine_schedule(progress, self.cfg.momentum_start, self.cfg.momentum_end)
+        for online, ema in self.momentum_pairs():
+            update_momentum(online, ema, m)
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (softmax of 65 536 logits under AMP); float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

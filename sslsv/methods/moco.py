@@ -1,0 +1,162 @@
+"""MoCo (He et al., 2020, arXiv 1911.05722; v2: Chen et al., 2020, arXiv 2003.04297) for speaker verification.
+
+Review (../shared/papers/ssl_sv_review.txt), section 2.1.3, Eq. (3):
+
+    L_MoCo = -1/B sum_i log( l(z_i, z'_i) / ( l(z_i, z'_i) + sum_{j in J} l(z_i, q_j) ) ),  l(a, b) = exp(cos(a, b) / tau)
+
+z_i: query (online encoder f_theta, projector g_phi) of one view; z'_i: key of the other view from the momentum
+encoder (theta' <- m theta' + (1 - m) theta); q_j: the memory queue of past keys. Settings (section 4.3):
+tau = 0.03, |Q| = 32 768, m = 0.999, no projector. Authors' code: theolepage/sslsv `methods/MoCo/MoCo.py`
+@1169b6b (symmetric: both views are queries, one queue per view, the two losses averaged; followed here).
+
+Distributed: keys of all ranks go into the queue (`gather_no_grad`), so every rank holds the same queue.
+Shuffled BN (He et al., section 3.3): the key branch's inputs are permuted across ranks (gather + a permutation
+broadcast from rank 0) and its outputs un-permuted, so BN statistics of a key never come from the same rank's
+queries. Note: when the trainer converts BN layers to global-batch BN (SyncBatchNorm / GlobalBatchNorm), the
+statistics are already global and the shuffle changes nothing but costs one waveform all-gather; set
+`shuffle_bn: false` then.
+
+State changes are separate no-grad methods called from `after_optimizer_step`: the EMA of the key encoder, then
+`update_queue` with the keys of the step. Ablation (review Figure 4a): `use_momentum_encoder: false` takes keys
+from the online encoder (stop-gradient, no EMA).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslsv.config import ConfigError
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.ema import momentum_copy, update_momentum
+from sslsv.methods.heads import ProjectorConfig, build_projector
+from sslsv.registry import METHODS
+from sslsv.training import distributed
+from sslsv.training.diagnostics import method_metrics, softmax_entropy
+
+
+@dataclass
+class MoCoConfig:
+    temperature: float = 0.03  # tau, review section 4.3 (Table 2)
+    queue_size: int = 32768  # |Q|, review section 4.3 (Table 1)
+    momentum: float = 0.999  # m, review section 4.3 (Table 3)
+    use_momentum_encoder: bool = True  # False: collapse ablation of Figure 4(a)
+    shuffle_bn: bool = True  # shuffle key inputs across ranks (no effect in one process)
+    projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(enabled=False))
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("method.temperature: must be positive")
+        if self.queue_size < 1:
+            raise ConfigError("method.queue_size: must be at least 1")
+        if not 0 <= self.momentum <= 1:
+            raise ConfigError("method.momentum: must be in [0, 1]")
+
+
+class MoCoLoss(nn.Module):
+    """Eq. (3): InfoNCE of each query against its key (positive) and the queue (negatives).
+
+    Args:
+        z1: queries (B, D); z2: keys (B, D), row i of both from the same utterance (no gradient needed);
+        queue: (Q, D) negatives (L2-normalised).
+    Returns:
+        (loss, logits (B, 1 + Q) detached, for diagnostics); column 0 holds the positive.
+    """
+
+    def __init__(self, temperature: float = 0.03):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        positive = (z1 * z2).sum(dim=1, keepdim=True)  # (B, 1)
+        negative = z1 @ queue.to(z1.dtype).T  # (B, Q)
+        logits = torch.cat([positive, negative], dim=1) / self.temperature  # (B, 1 + Q)
+        target = torch.zeros(len(z1), dtype=torch.long, device=z1.device)
+        return F.cross_entropy(logits, target), logits.detach()
+
+
+@METHODS.register("moco", config=MoCoConfig)
+class MoCo(Method):
+    """MoCo: contrastive with a momentum key encoder and a queue of negatives (review Eq. 3); tau 0.03, |Q| 32768."""
+
+    def __init__(self, encoder, cfg: MoCoConfig, info: TrainingInfo):
+        super().__init__(encoder)
+        self.cfg = cfg
+        self.projector = build_projector(cfg.projector, encoder.embed_dim)
+        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        if cfg.use_momentum_encoder:
+            self.key_encoder = momentum_copy(encoder)
+            self.key_projector = momentum_copy(self.projector)
+        self.loss = MoCoLoss(cfg.temperature)
+        self.register_buffer("queue", F.normalize(torch.randn(2, cfg.queue_size, dim), dim=2))  # one per view
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.entropy_bounds = {"contrastive_entropy": math.log(cfg.queue_size + 1)}
+        self._pending_keys: torch.Tensor | None = None
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if not self.cfg.use_momentum_encoder:
+            return []
+        return [(self.encoder, self.key_encoder), (self.projector, self.key_projector)]
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys (B, D) of waveforms x (B, S), from the momentum branch, with shuffled BN across ranks."""
+        if not self.cfg.use_momentum_encoder:
+            return self.projector(self.encoder(x)).detach()
+        shuffle = self.cfg.shuffle_bn and distributed.world_size() > 1
+        if shuffle:
+            batch = x.shape[0]
+            everything = distributed.gather_no_grad(x)  # (N, S)
+            order = distributed.broadcast_object(torch.randperm(len(everything)).tolist())
+            order = torch.tensor(order, device=x.device)
+            mine = order[distributed.rank() * batch : (distributed.rank() + 1) * batch]
+            x = everything[mine]
+        keys = self.key_projector(self.key_encoder(x))
+        if shuffle:
+            shuffled = distributed.gather_no_grad(keys)  # row r holds the key of sample order[r]
+            unshuffled = torch.empty_like(shuffled)
+            unshuffled[order] = shuffled
+            keys = unshuffled[distributed.rank() * batch : (distributed.rank() + 1) * batch]
+        return keys
+
+    def forward(self, batch: Batch) -> StepOutput:
+        if len(batch.views) < 2:
+            raise ValueError("moco needs 2 views per utterance (dataset.views)")
+        x1, x2 = batch.views[0], batch.views[1]
+        if x1.shape == x2.shape:
+            q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
+        else:
+            q1, q2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+        k1, k2 = self._keys(x1), self._keys(x2)
+        k1, k2 = F.normalize(k1, dim=1).to(q1.dtype), F.normalize(k2, dim=1).to(q1.dtype)
+        queue = self.queue.clone()
+        loss_1, logits_1 = self.loss(q1, k2, queue[1])
+        loss_2, logits_2 = self.loss(q2, k1, queue[0])
+        loss = (loss_1 + loss_2) / 2
+        # Keys of every rank, enqueued after the optimiser step (update_queue).
+        self._pending_keys = torch.stack([distributed.gather_no_grad(k1), distributed.gather_no_grad(k2)])
+        accuracy = torch.cat([logits_1, logits_2]).argmax(dim=1).eq(0).float().mean()
+        metrics = {"accuracy": accuracy,
+                   "contrastive_entropy": (softmax_entropy(logits_1) + softmax_entropy(logits_2)) / 2,
+                   **method_metrics(torch.cat([q1, q2]))}
+        return StepOutput(loss, metrics)
+
+    @torch.no_grad()
+    def update_queue(self, keys: torch.Tensor) -> None:
+        """Write keys (2, N, D) (one set per view, N = global batch) at the queue pointer, wrapping around."""
+        size = self.queue.shape[1]
+        n = min(keys.shape[1], size)
+        rows = (int(self.queue_ptr) + torch.arange(n, device=self.queue.device)) % size
+        self.queue[:, rows] = keys[:, -n:].to(self.queue.dtype)
+        self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
+
+    def after_optimizer_step(self, progress: float) -> None:
+        for online, ema in self.momentum_pairs():
+            update_momentum(online, ema, self.cfg.momentum)
+        if self._pending_keys is not None:
+            self.update_queue(self._pending_keys)
+            self._pending_keys = None

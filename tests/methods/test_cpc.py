@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sslsv.methods.cpc import CPC, CPCConfig, CPCLoss
+from tests.methods.method_helpers import one_thread, random_batch, smoke, tiny_info, tiny_speaker_model  # noqa: F401
+
+
+def reference_cpc(p: np.ndarray, y: np.ndarray, tau: float) -> float:
+    """Eq. (1): p, y (B, K, C); negatives: the other utterances' frames at the same step."""
+    cos = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    b, k, _ = p.shape
+    total = 0.0
+    for i in range(b):
+        for t in range(k):
+            denominator = sum(math.exp(cos(p[i, t], y[j, t]) / tau) for j in range(b))
+            total += -math.log(math.exp(cos(p[i, t], y[i, t]) / tau) / denominator)
+    return total / (b * k)
+
+
+@pytest.mark.parametrize("batch, steps, dim, tau", [(2, 1, 3, 1.0), (5, 4, 8, 1.0), (4, 3, 6, 0.2)])
+def test_loss_matches_equation_1(batch, steps, dim, tau):
+    g = torch.Generator().manual_seed(batch * steps)
+    p, y = torch.randn(batch, steps, dim, generator=g, dtype=torch.float64), torch.randn(batch, steps, dim, generator=g, dtype=torch.float64)
+    loss, logits = CPCLoss(tau)(p, y)
+    assert loss.item() == pytest.approx(reference_cpc(p.numpy(), y.numpy(), tau), rel=1e-9)
+    assert logits.shape == (steps, batch, batch)
+
+
+def test_predicts_the_last_steps_from_the_past():
+    method = CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=8), tiny_info())
+    frames = torch.randn(3, method.aggregator.input_size, 12)
+    predictions, targets, context = method._predict(frames)
+    assert predictions.shape == (3, 4, frames.shape[1]) and context.shape == (3, 8)
+    assert torch.equal(targets, frames[:, :, -4:].transpose(1, 2))
+    changed = frames.clone()
+    changed[:, :, -4:] += 1  # the future does not leak into the context
+    assert torch.equal(method._predict(changed)[2], context)
+    with pytest.raises(ValueError, match="frames"):
+        method._predict(torch.randn(3, frames.shape[1], 4))
+
+
+def test_smoke_two_steps():
+    history = smoke(CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=16), tiny_info()), lengths=(0.3, 0.3), batch=4)
+    assert history[-1]["contrastive_entropy"] <= math.log(4) + 1e-6

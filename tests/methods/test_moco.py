@@ -1,0 +1,75 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sslsv.methods.moco import MoCo, MoCoConfig, MoCoLoss
+from tests.methods.method_helpers import one_thread, random_batch, smoke, tiny_info, tiny_speaker_model  # noqa: F401
+
+
+def reference_moco(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float) -> float:
+    """Eq. (3), one anchor at a time."""
+    cos = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    total = 0.0
+    for i in range(len(q)):
+        positive = math.exp(cos(q[i], k[i]) / tau)
+        negatives = sum(math.exp(cos(q[i], queue[j]) / tau) for j in range(len(queue)))
+        total += -math.log(positive / (positive + negatives))
+    return total / len(q)
+
+
+@pytest.mark.parametrize("batch, dim, size, tau", [(2, 3, 5, 0.5), (6, 8, 17, 0.03), (4, 16, 32, 0.2)])
+def test_loss_matches_equation_3(batch, dim, size, tau):
+    g = torch.Generator().manual_seed(batch + dim)
+    q, k = torch.randn(batch, dim, generator=g, dtype=torch.float64), torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    queue = torch.nn.functional.normalize(torch.randn(size, dim, generator=g, dtype=torch.float64), dim=1)
+    loss, logits = MoCoLoss(tau)(q, k, queue)
+    assert loss.item() == pytest.approx(reference_moco(q.numpy(), k.numpy(), queue.numpy(), tau), rel=1e-9)
+    assert logits.shape == (batch, size + 1)
+
+
+def _method(**options) -> MoCo:
+    return MoCo(tiny_speaker_model(), MoCoConfig(**{"queue_size": 20, **options}), tiny_info())
+
+
+def test_queue_update_writes_at_pointer_and_wraps():
+    method = _method()
+    keys = torch.arange(2 * 12 * 16, dtype=torch.float32).view(2, 12, 16)
+    method.update_queue(keys)
+    assert int(method.queue_ptr) == 12 and torch.equal(method.queue[:, :12], keys)
+    method.update_queue(keys + 1)
+    assert int(method.queue_ptr) == 4  # 24 mod 20
+    assert torch.equal(method.queue[:, 12:20], keys[:, :8] + 1) and torch.equal(method.queue[:, :4], keys[:, 8:] + 1)
+
+
+def test_step_enqueues_the_keys_after_the_optimiser_step():
+    method = _method()
+    before = method.queue.clone()
+    output = method(random_batch(4, (0.3, 0.3)))
+    assert torch.equal(method.queue, before)  # nothing changes inside forward
+    output.loss.backward()
+    method.after_optimizer_step(0.5)
+    assert int(method.queue_ptr) == 4
+    assert torch.allclose(method.queue[:, :4].norm(dim=2), torch.ones(2, 4))
+    assert not torch.equal(method.queue[:, :4], before[:, :4]) and torch.equal(method.queue[:, 4:], before[:, 4:])
+
+
+def test_momentum_encoder_follows_ema_and_ablation_has_none():
+    method = _method(momentum=0.5)
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(1.0)
+    old = [p.clone() for p in method.key_encoder.parameters()]
+    method.after_optimizer_step(0.1)
+    for o, new, s in zip(old, method.key_encoder.parameters(), method.encoder.parameters()):
+        assert torch.allclose(new, 0.5 * o + 0.5 * s)
+    ablation = _method(use_momentum_encoder=False)
+    assert ablation.momentum_pairs() == [] and not hasattr(ablation, "key_encoder")
+
+
+def test_smoke_two_steps():
+    history = smoke(_method(), lengths=(0.25, 0.25), batch=4)
+    assert {"contrastive_entropy", "embedding_std", "effective_rank", "accuracy"} <= set(history[-1])
+    assert history[-1]["contrastive_entropy"] <= math.log(21) + 1e-6
+    smoke(_method(use_momentum_encoder=False), lengths=(0.25, 0.25), batch=4)

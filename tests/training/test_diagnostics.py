@@ -1,0 +1,66 @@
+import json
+import math
+
+import pytest
+import torch
+
+from sslsv.training.diagnostics import (CollapseConfig, CollapseDetector, cluster_usage_entropy, effective_rank,
+                                        embedding_std, kl_divergence, plot_diagnostics, softmax_entropy)
+
+
+def test_effective_rank_identity_like_vs_rank_one():
+    assert effective_rank(torch.eye(8)).item() == pytest.approx(8.0, rel=1e-5)
+    rank_one = torch.randn(16, 1) @ torch.randn(1, 8)
+    assert effective_rank(rank_one).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_entropies():
+    assert softmax_entropy(torch.zeros(3, 10)).item() == pytest.approx(math.log(10), rel=1e-6)
+    assert softmax_entropy(torch.tensor([[100.0, 0.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert cluster_usage_entropy(torch.arange(12) % 4).item() == pytest.approx(math.log(4), rel=1e-6)
+    assert cluster_usage_entropy(torch.zeros(12, dtype=torch.long), 4).item() == pytest.approx(0.0, abs=1e-6)
+    assert cluster_usage_entropy(torch.full((5, 4), 0.25)).item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_kl_and_embedding_std():
+    p = torch.softmax(torch.randn(4, 6), dim=1)
+    assert kl_divergence(p, torch.log(p)).item() == pytest.approx(0.0, abs=1e-6)
+    q = torch.softmax(torch.randn(4, 6), dim=1)
+    manual = (p * (p.log() - q.log())).sum(1).mean()
+    assert kl_divergence(p, q.log()).item() == pytest.approx(manual.item(), rel=1e-5)
+    assert embedding_std(torch.ones(8, 5)).item() == pytest.approx(0.0, abs=1e-7)
+    assert embedding_std(torch.randn(4096, 64)).item() == pytest.approx(1 / 8, rel=0.05)  # ~1/sqrt(D)
+
+
+def test_detector_flags_a_constant_embedding_sequence_after_patience():
+    detector = CollapseDetector(CollapseConfig(patience_steps=5))
+    constant = torch.ones(32, 16) + 1e-6 * torch.randn(32, 16)
+    healthy = torch.randn(32, 16)
+    for step in range(10):
+        assert detector.check(step, {"embedding_std": embedding_std(healthy).item(),
+                                     "effective_rank": effective_rank(healthy).item()}) is None
+    messages = [detector.check(step, {"embedding_std": embedding_std(constant).item(),
+                                      "effective_rank": effective_rank(constant).item()}) for step in range(10, 15)]
+    assert messages[:4] == [None] * 4
+    assert "complete collapse" in messages[4] and "dimensional collapse" in messages[4]
+    assert detector.check(15, {"train/embedding_std": 0.1}) is None  # recovered: streak reset
+
+
+def test_detector_uniform_and_one_hot_teacher_and_disabled():
+    detector = CollapseDetector(CollapseConfig(patience_steps=2, action="stop"), {"teacher_entropy": math.log(1000)})
+    assert detector.should_stop
+    assert detector.check(0, {"teacher_entropy": 6.9}) is None
+    assert "informational collapse" in detector.check(1, {"teacher_entropy": 6.9})
+    detector = CollapseDetector(CollapseConfig(patience_steps=1))
+    assert "centering" in detector.check(0, {"teacher_entropy": 0.0})
+    assert CollapseDetector(CollapseConfig(enabled=False, patience_steps=1)).check(0, {"embedding_std": 0.0}) is None
+
+
+def test_plot_diagnostics(tmp_path):
+    lines = [{"epoch": 1, "step": s, "loss": 1.0 / s, "train/embedding_std": 0.1, "train/teacher_entropy": 0.5}
+             for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    out = plot_diagnostics(tmp_path, tmp_path / "plots" / "diag.png")
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError):
+        plot_diagnostics(tmp_path / "missing")
