@@ -6,20 +6,14 @@ import pytest
 
 import sslsv
 from sslsv.cli_tools import average_main, embed_main, export_main, fuse_main, prepare_main, score_main
-from sslsv.config import load_config
-from sslsv.training.trainer import Trainer
-from tests.tiny_corpus import make_tiny_corpus, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    data = make_tiny_corpus(tmp_path_factory.mktemp("data"))
-    run_dir = tmp_path_factory.mktemp("run") / "run"
-    Trainer(load_config(CONFIG, tiny_overrides(data, run_dir, **{"trainer.epochs": 2}))).fit()
-    return run_dir, data
+def run(tiny_run, tiny_data):
+    return tiny_run, tiny_data
 
 
 def test_embed_and_score(run, tmp_path, capsys):

@@ -5,23 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from sslsv.config import load_config
 from sslsv.evaluation.evaluate import load_model
 from sslsv.export import ConvLogMel, ExportError, average_checkpoints, export_onnx, last_epoch_weights, verify_onnx
 from sslsv.training.checkpoint import load_checkpoint
-from sslsv.training.trainer import Trainer
-from tests.tiny_corpus import make_tiny_corpus, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    data = make_tiny_corpus(tmp_path_factory.mktemp("data"))
-    run = tmp_path_factory.mktemp("run") / "run"
-    Trainer(load_config(CONFIG, tiny_overrides(data, run, **{"trainer.epochs": 2}))).fit()
-    return run
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def test_conv_frontend_equals_torchaudio(run_dir):

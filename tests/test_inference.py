@@ -7,21 +7,15 @@ import soundfile as sf
 import torch
 
 import sslsv
-from sslsv.config import load_config
 from sslsv.evaluation.evaluate import RunError, load_model
-from sslsv.training.trainer import Trainer
-from tests.tiny_corpus import make_tiny_corpus, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    data = make_tiny_corpus(tmp_path_factory.mktemp("data"))
-    run_dir = tmp_path_factory.mktemp("run") / "run"
-    Trainer(load_config(CONFIG, tiny_overrides(data, run_dir, **{"trainer.epochs": 1}))).fit()
-    return run_dir, data
+def run(tiny_run, tiny_data):
+    return tiny_run, tiny_data
 
 
 def test_embed_paths_arrays_tensors_agree(run):

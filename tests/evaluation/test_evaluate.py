@@ -8,21 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslsv.config import load_config
 from sslsv.evaluation.evaluate import RunError, evaluate_run, latest_run, load_model
 from sslsv.evaluation.scoring import read_scores
-from sslsv.training.trainer import Trainer
-from tests.tiny_corpus import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("models") / "simclr" / "tiny"
-    config = load_config(ROOT / "configs/simclr/fast_resnet34.yml", tiny_overrides(tiny_data, run_dir))
-    Trainer(config).fit()
-    return run_dir
+def run(tiny_run):
+    return tiny_run
 
 
 def test_evaluate_run_writes_every_output(run, capsys):
