@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "fuse": fuse_main,
         "export": export_main,
         "average": average_main,
+        "pseudo-label": _pseudo_label,
         "profile": _profile,
         "diagnostics": _diagnostics,
         "list": _list,
@@ -124,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<15} {(function.__doc__ or '').strip().splitlines()[0] if function.__doc__ else ''}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return commands[argv[0]](argv[1:])
+
+
+def _pseudo_label(argv: list[str]) -> int:
+    """Pseudo-label a manifest with a trained run: k-means (+ AHC), filtering, labelled manifest."""
+    from sslsv.pseudo_labels.multistage import pseudo_label_main
+
+    return pseudo_label_main(argv)
 
 
 def _profile(argv: list[str]) -> int:

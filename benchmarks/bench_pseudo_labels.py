@@ -1,0 +1,148 @@
+"""Pseudo-labelling at VoxCeleb2 scale on synthetic embeddings: k-means 50 000 -> AHC 7 500, time and memory.
+
+    python benchmarks/bench_pseudo_labels.py --fraction 0.1 --dims 192        # quick: 109k points, 5k -> 750
+    python benchmarks/bench_pseudo_labels.py --dims 192 512                   # full: 1 092 009 points
+
+Synthetic data shaped like VoxCeleb2 dev: 1 092 009 utterances of 5 994 speakers (counts per speaker drawn from a
+log-normal, mean 182), speaker means uniform on the sphere (between-speaker cosine about 0), utterances = mean +
+isotropic noise, L2-normalised, with the noise level set so that the within-speaker cosine is about 0.65 (the
+spread of a good SSL model's embeddings). Generated in chunks, float32 only. `--fraction f` scales utterances,
+speakers, k-means clusters and AHC classes together (same points per cluster). Prints the estimated memory of the
+full-size run (it must fit 24 GiB), wall time per stage, peak RSS (resource.getrusage), NMI and purity against the
+known speakers, and the effect of confidence filtering.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sslsv.pseudo_labels.clustering import (CHUNK, ClusteringConfig, ahc, class_confidence, cluster_metrics,  # noqa: E402
+                                            kmeans, memory_estimate, use_gpu, _consecutive)
+from sslsv.pseudo_labels.filtering import FilteringConfig, filter_labels  # noqa: E402
+
+VOX2_UTTERANCES, VOX2_SPEAKERS, KMEANS, CLASSES = 1_092_009, 5_994, 50_000, 7_500
+GIB = 1024 ** 3
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: kilobytes
+
+
+def synthetic(n: int, speakers: int, dim: int, within_cosine: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    counts = rng.lognormal(0.0, 0.5, speakers)
+    counts = np.maximum(1, np.floor(counts / counts.sum() * n)).astype(np.int64)
+    counts[: n - counts.sum()] += 1 if n > counts.sum() else 0
+    while counts.sum() > n:  # rounding: trim the largest speakers
+        counts[np.argmax(counts)] -= 1
+    labels = rng.permutation(np.repeat(np.arange(speakers), counts))
+    means = rng.standard_normal((speakers, dim)).astype(np.float32)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    # |noise|^2 = sigma^2 on average; cos(a, b) of two utterances ~ 1 / (1 + sigma^2)
+    sigma = np.sqrt(1.0 / within_cosine - 1.0)
+    x = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, CHUNK):
+        block = means[labels[start : start + CHUNK]]
+        block += (sigma / np.sqrt(dim)) * rng.standard_normal(block.shape, dtype=np.float32)
+        x[start : start + CHUNK] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x, labels
+
+
+def measured_cosines(x: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed + 1)
+    a, b = rng.integers(0, len(x), 20000), rng.integers(0, len(x), 20000)
+    between = float(np.mean(np.sum(x[a] * x[b], axis=1)[labels[a] != labels[b]]))
+    order = np.argsort(labels, kind="stable")
+    same = order[:-1][labels[order[:-1]] == labels[order[1:]]]
+    nxt = order[1:][labels[order[:-1]] == labels[order[1:]]]
+    pick = rng.choice(len(same), min(20000, len(same)), replace=False)
+    within = float(np.mean(np.sum(x[same[pick]] * x[nxt[pick]], axis=1)))
+    return within, between
+
+
+def run(dim: int, fraction: float, args) -> None:
+    n, speakers = int(round(VOX2_UTTERANCES * fraction)), int(round(VOX2_SPEAKERS * fraction))
+    k, classes = int(round(KMEANS * fraction)), int(round(CLASSES * fraction))
+    cfg = ClusteringConfig(kmeans_clusters=k, num_classes=classes, linkage=args.linkage,
+                           ahc_neighbors=args.ahc_neighbors, iterations=args.iterations,
+                           max_points_per_centroid=args.max_points_per_centroid, gpu=args.gpu)
+    print(f"\n== {n:,} x {dim} embeddings, {speakers:,} speakers: k-means {k:,} -> AHC {classes:,} "
+          f"({args.linkage}, {args.ahc_neighbors} neighbours), faiss GPU: {use_gpu(args.gpu)}")
+    timings = {}
+    tick = time.perf_counter()
+    x, truth = synthetic(n, speakers, dim, args.within_cosine, args.seed)
+    timings["generate"] = time.perf_counter() - tick
+    within, between = measured_cosines(x, truth, args.seed)
+    print(f"   cosine within speakers {within:.3f}, between {between:.3f}; peak RSS {peak_rss_gib():.2f} GiB")
+
+    tick = time.perf_counter()
+    centroids, assignments, _ = kmeans(x, k, cfg.iterations, True, cfg.seed, cfg.max_points_per_centroid, use_gpu(args.gpu))
+    timings["kmeans"] = time.perf_counter() - tick
+    print(f"   k-means      {timings['kmeans']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
+    tick = time.perf_counter()
+    centroid_classes = ahc(centroids, classes, cfg.linkage, cfg.ahc_neighbors, use_gpu(args.gpu))
+    timings["ahc"] = time.perf_counter() - tick
+    print(f"   AHC          {timings['ahc']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
+    tick = time.perf_counter()
+    labels = _consecutive(centroid_classes[assignments])
+    confidence = class_confidence(x, labels, int(labels.max()) + 1)
+    timings["propagate"] = time.perf_counter() - tick
+    print(f"   propagate    {timings['propagate']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
+    tick = time.perf_counter()
+    kmeans_metrics = cluster_metrics(assignments, truth)
+    metrics = cluster_metrics(labels, truth)
+    keep, counts = filter_labels(labels, confidence, FilteringConfig(drop_fraction=0.1, min_cluster_size=8))
+    kept = cluster_metrics(labels[keep], truth[keep])
+    timings["metrics"] = time.perf_counter() - tick
+    print(f"   metrics      {timings['metrics']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
+    print(f"   k-means only: {kmeans_metrics['clusters']:,} clusters, NMI {kmeans_metrics['nmi']:.4f}, "
+          f"purity {kmeans_metrics['purity']:.4f}")
+    print(f"   k-means+AHC:  {metrics['clusters']:,} classes, NMI {metrics['nmi']:.4f}, purity {metrics['purity']:.4f}")
+    print(f"   filtered (10 % least confident, clusters < 8): kept {counts['kept']:,}/{counts['total']:,}, "
+          f"{counts['clusters_after']:,} classes, NMI {kept['nmi']:.4f}, purity {kept['purity']:.4f}")
+    print(f"   total {sum(timings.values()):.1f} s (generation {timings['generate']:.1f} s); "
+          f"peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fraction", type=float, default=1.0, help="scale of the run (0.1: quick)")
+    parser.add_argument("--dims", type=int, nargs="+", default=[192, 512])
+    parser.add_argument("--linkage", choices=["ward", "average"], default="ward")
+    parser.add_argument("--ahc-neighbors", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--max-points-per-centroid", type=int, default=128)
+    parser.add_argument("--within-cosine", type=float, default=0.65)
+    parser.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    import faiss
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    print("Estimated memory of the full-size run (GiB; float32 embeddings are the largest item):")
+    for dim in (192, 512):
+        for neighbors in (args.ahc_neighbors, 0):
+            cfg = ClusteringConfig(ahc_neighbors=neighbors, max_points_per_centroid=args.max_points_per_centroid,
+                                   linkage=args.linkage)
+            est = memory_estimate(VOX2_UTTERANCES, dim, KMEANS, cfg)
+            # + the generator's transient chunk and the metrics' label copies (small)
+            parts = ", ".join(f"{key} {value:.2f}" for key, value in est.items() if key != "total")
+            kind = f"kNN-graph {args.linkage} AHC ({neighbors} neighbours)" if neighbors else f"exact scipy {args.linkage} AHC"
+            # 25 % headroom for the interpreter, torch/faiss/sklearn and transient copies
+            verdict = "fits" if est["total"] < 0.75 * 24 else "does NOT fit (with headroom)"
+            print(f"   {dim}-d, {kind}: {est['total']:.2f} ({parts}) -> {verdict} in 24 GiB")
+    for dim in args.dims:
+        run(dim, args.fraction, args)
+
+
+if __name__ == "__main__":
+    main()

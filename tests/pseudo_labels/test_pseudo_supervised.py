@@ -1,0 +1,121 @@
+"""pseudo_supervised: sub-center AAM-softmax against a plain computation, the loss gate, the GMM refit, resume."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sslsv.config import ConfigError
+from sslsv.methods.base import Batch, TrainingInfo
+from sslsv.methods.pseudo_supervised import PseudoSupervised, PseudoSupervisedConfig, SubCenterAAMSoftmax
+from sslsv.methods.supervised import AAMSoftmaxLoss
+
+
+class Stub(torch.nn.Module):
+    """Waveform (B, S) -> (B, 8): a linear map of the first 64 samples (keeps the tests about the method)."""
+
+    embed_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.linear(x[:, :64])
+
+
+def method(num_samples=40, classes=5, **options):
+    torch.manual_seed(0)
+    info = TrainingInfo(num_speakers=classes, num_samples=num_samples, steps_per_epoch=4, epochs=3)
+    return PseudoSupervised(Stub(), PseudoSupervisedConfig(**options), info)
+
+
+def batch(size=10, views=2, offset=0, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch([torch.randn(size, 100, generator=g) for _ in range(views)],
+                 torch.randint(0, classes, (size,), generator=g), torch.arange(offset, offset + size))
+
+
+def reference_losses(y, w, labels, classes, k, s, m):
+    """Plain numpy: cos = max over sub-centres, target logit s cos(theta + m), cross-entropy per row."""
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    out = []
+    for i in range(len(y)):
+        cos = np.array([max(float(y[i] @ w[c * k + j]) for j in range(k)) for c in range(classes)])
+        theta = math.acos(np.clip(cos[labels[i]], -1, 1))
+        target = math.cos(theta + m) if theta + m <= math.pi else cos[labels[i]] - math.sin(math.pi - m) * m
+        logits = s * cos
+        logits[labels[i]] = s * target
+        out.append(-logits[labels[i]] + np.log(np.exp(logits).sum()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("m", [0.0, 0.2, 0.5])
+def test_subcenter_loss_matches_plain_computation(k, m):
+    torch.manual_seed(1)
+    loss = SubCenterAAMSoftmax(6, 4, scale=30.0, margin=m, subcenters=k)
+    y, labels = torch.randn(9, 6), torch.randint(0, 4, (9,))
+    per_sample, _ = loss(y, labels)
+    expected = reference_losses(y.numpy(), loss.weight.detach().numpy(), labels.numpy(), 4, k, 30.0, m)
+    np.testing.assert_allclose(per_sample.detach().numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_one_subcenter_equals_supervised_aam_softmax():
+    torch.manual_seed(2)
+    ours, theirs = SubCenterAAMSoftmax(6, 4), AAMSoftmaxLoss(6, 4)
+    theirs.weight.data.copy_(ours.weight.data)
+    y, labels = torch.randn(12, 6), torch.randint(0, 4, (12,))
+    assert torch.allclose(ours(y, labels)[0].mean(), theirs(y, labels)[0], atol=1e-6)
+
+
+def test_fixed_gate_drops_exactly_samples_above_threshold():
+    probe = method()
+    b = batch()
+    with torch.no_grad():
+        ys = torch.cat([probe.encoder(v) for v in b.views])
+        per_sample, _ = probe.classifier(ys, b.labels.repeat(2))
+    threshold = float(per_sample.median())
+    gated = method(loss_gate="fixed", loss_gate_threshold=threshold, loss_gate_warmup_epochs=0)
+    gated.on_epoch_start(0)
+    out = gated(b)
+    keep = per_sample <= threshold
+    assert torch.allclose(out.loss, per_sample[keep].mean(), atol=1e-6)
+    assert out.metrics["kept"] == keep.sum() and 0 < keep.sum() < len(keep)
+    assert out.metrics["dropped_fraction"] == pytest.approx(1 - keep.float().mean().item())
+    out.loss.backward()  # dropped rows contribute no gradient: compare with the kept-only loss
+    grad = gated.classifier.weight.grad.clone()
+    gated.zero_grad()
+    ys = torch.cat([gated.encoder(v) for v in b.views])
+    gated.classifier(ys, b.labels.repeat(2))[0][keep].mean().backward()
+    assert torch.allclose(grad, gated.classifier.weight.grad, atol=1e-6)
+
+
+def test_gate_is_open_during_warmup_and_without_gate():
+    for options in ({"loss_gate": "fixed", "loss_gate_threshold": 0.0, "loss_gate_warmup_epochs": 1}, {}):
+        m = method(**options)
+        m.on_epoch_start(0)
+        out = m(batch())
+        assert out.metrics["dropped_fraction"] == 0 and out.metrics["kept"] == 20
+
+
+def test_gmm_gate_refits_from_previous_epoch_and_survives_resume():
+    m = method(num_samples=400, loss_gate="gmm", loss_gate_warmup_epochs=1)
+    m.on_epoch_start(0)
+    assert m.threshold == float("inf")
+    rng = np.random.default_rng(0)
+    losses = np.concatenate([rng.normal(2.0, 0.3, 320), rng.normal(9.0, 0.5, 80)])
+    m.record_losses(torch.arange(400), torch.tensor(losses, dtype=torch.float32))
+    m.on_epoch_start(1)
+    assert 3.0 < m.threshold < 8.0
+    assert torch.isnan(m.sample_losses).all()  # a fresh table for epoch 1
+    m.record_losses(torch.arange(10), torch.ones(10))
+    state = m.extra_state()
+    resumed = method(num_samples=400, loss_gate="gmm", loss_gate_warmup_epochs=1)
+    resumed.load_extra_state(state)
+    resumed.on_epoch_start(1)  # mid-epoch resume: same threshold, partial table kept
+    assert resumed.threshold == m.threshold
+    assert torch.isfinite(resumed.sample_losses).sum() == 10
+    with pytest.raises(ConfigError, match="loss_gate_threshold"):
+        PseudoSupervisedConfig(loss_gate="fixed")
