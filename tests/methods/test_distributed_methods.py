@@ -64,6 +64,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     result = {"losses": losses, "queue": moco.queue.clone(), "moco_loss": distributed.all_reduce_mean(output.loss.detach()),
               "center": dino.center.clone()}
     torch.save(result, out.replace(".pt", f"{rank}.pt"))
+    dist.barrier()  # nobody tears gloo down while the other rank is still in a collective
     dist.destroy_process_group()
 
 

@@ -45,6 +45,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     loss = distributed.all_reduce_mean(output.loss.detach())
     if rank == 0:
         torch.save({"loss": loss, "grads": {n: p.grad for n, p in method.named_parameters()}}, out)
+    dist.barrier()  # nobody tears gloo down while the other rank is still in a collective
     dist.destroy_process_group()
 
 

@@ -1,0 +1,136 @@
+"""Every SSL method on the demo corpus with Fast ResNet-34: EER, minDCF and wall time, against random weights.
+
+    python -m sslsv.data.demo --out data/demo            # once
+    python benchmarks/bench_methods.py                   # all methods, configs/<method>/fast_resnet34_demo.yml
+    python benchmarks/bench_methods.py --methods simclr moco --epochs 5
+    python benchmarks/bench_methods.py --ablations       # the collapse ablations of the review, section 6.1
+    python benchmarks/bench_methods.py --write docs/methods.md   # replace the results section of that file
+
+Each run trains in a subprocess (train.py, so exactly what a user runs), then evaluate.py's code scores the demo
+trials. Runs go to models/bench/<name>/ and are restarted from scratch each time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ["simclr", "moco", "swav", "deepcluster", "wmse", "barlow_twins", "vicreg", "byol", "simsiam", "dino",
+           "cpc", "supervised"]
+
+# (name, method config, overrides): the review's section 6.1 collapse cases, detected by the collapse watch.
+ABLATIONS = [
+    ("moco_no_ema", "moco", ["method.use_momentum_encoder=false"]),
+    ("moco_high_temperature", "moco", ["method.temperature=1.0"]),
+    ("dino_no_centering", "dino", ["method.centering=false"]),
+    ("dino_no_sharpening", "dino", ["method.sharpening=false"]),
+]
+
+
+def train(name: str, method: str, overrides: list[str], epochs: int | None) -> tuple[Path, float, str]:
+    run_dir = ROOT / "models" / "bench" / name
+    command = [sys.executable, "train.py", f"configs/{method}/fast_resnet34_demo.yml", f"run_dir={run_dir}",
+               "trainer.progress_bar=false", "--restart", *overrides]
+    if epochs:
+        command.append(f"trainer.epochs={epochs}")
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        return run_dir, elapsed, "failed: " + (result.stderr.strip().splitlines() or ["?"])[-1]
+    return run_dir, elapsed, ""
+
+
+def collapse_messages(run_dir: Path) -> list[str]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return sorted({r["collapse"] for r in records if "collapse" in r})
+
+
+def last_signals(run_dir: Path) -> str:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    if not train:
+        return ""
+    keys = ("train/embedding_std", "train/contrastive_entropy", "train/teacher_entropy", "train/cluster_entropy")
+    return ", ".join(f"{k[6:]} {train[-1][k]:.3g}" for k in keys if k in train[-1])
+
+
+def evaluate(run_dir: Path, random_weights: bool = False):
+    import torch
+
+    from sslsv.evaluation.evaluate import evaluate_model, load_model
+
+    model, config, _ = load_model(run_dir, device="cpu", random_weights=random_weights)
+    return evaluate_model(model, "demo", config, torch.device("cpu"), progress=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--epochs", type=int, default=None, help="override every config's trainer.epochs")
+    parser.add_argument("--ablations", action="store_true", help="run the collapse ablations instead")
+    parser.add_argument("--write", help="markdown file whose results section (between markers) is replaced")
+    args = parser.parse_args(argv)
+    if not (ROOT / "data/demo/train.csv").exists():
+        print("build the demo corpus first: python -m sslsv.data.demo --out data/demo", file=sys.stderr)
+        return 2
+
+    runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in args.methods]
+    rows = []
+    for name, method, overrides in runs:
+        run_dir, elapsed, error = train(name, method, overrides, args.epochs)
+        if error:
+            rows.append((name, None, elapsed, error))
+        else:
+            detail = "; ".join(collapse_messages(run_dir)) or "no collapse flagged"
+            if args.ablations:
+                detail += f" (last step: {last_signals(run_dir)})"
+            rows.append((name, evaluate(run_dir), elapsed, detail))
+        print(f"{name}: {rows[-1][1].eer if rows[-1][1] else 'n/a'} % EER, {elapsed:.0f} s", flush=True)
+    baseline_dir = next((ROOT / "models/bench" / n for n, m, e, d in rows if m is not None), None)
+    baseline = evaluate(baseline_dir, random_weights=True) if baseline_dir and not args.ablations else None
+
+    lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | train wall time (s) | collapse watch |",
+             "|---|---|---|---|---|---|"]
+    if baseline:
+        lines.append(f"| random weights (Fast ResNet-34) | {baseline.eer:.2f} | {baseline.min_dcf_001:.4f} | "
+                     f"{baseline.min_dcf_005:.4f} | 0 | |")
+    for name, metrics, elapsed, detail in rows:
+        if metrics is None:
+            lines.append(f"| {name} | - | - | - | {elapsed:.0f} | {detail} |")
+        else:
+            lines.append(f"| {name} | {metrics.eer:.2f} | {metrics.min_dcf_001:.4f} | {metrics.min_dcf_005:.4f} | "
+                         f"{elapsed:.0f} | {detail} |")
+    import torch
+
+    header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}"
+              f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}; configs "
+              f"`configs/<method>/fast_resnet34_demo.yml`, demo trials ({baseline.num_trials if baseline else '?'} trials).")
+    table = header + "\n\n" + "\n".join(lines)
+    print(table)
+    if args.write:
+        marker = "ablations" if args.ablations else "results"
+        path = Path(args.write)
+        text = path.read_text()
+        begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+        if begin not in text or end not in text:
+            print(f"{path}: markers {begin} / {end} not found; table not written", file=sys.stderr)
+            return 2
+        head, rest = text.split(begin, 1)
+        path.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
