@@ -47,7 +47,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the registered encoders, methods, poolings, trial sets")
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may stand between the overrides
     if args.list:
         print(describe())
         return 0
