@@ -81,3 +81,18 @@ class Method(nn.Module):
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+
+def two_views(batch: Batch, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two views of a batch, or an error naming the method and the config key."""
+    if len(batch.views) < 2:
+        raise ValueError(f"{method} needs 2 views per utterance (dataset.views)")
+    return batch.views[0], batch.views[1]
+
+
+def encode_pair(branch, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """branch(x) for both views: one pass when they have the same length, so batch norm sees the whole batch of
+    2B crops (as one process on the global batch does), two passes otherwise."""
+    if x1.shape == x2.shape:
+        return branch(torch.cat([x1, x2])).chunk(2)
+    return branch(x1), branch(x2)

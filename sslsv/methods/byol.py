@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.ema import momentum_copy, update_momentum
 from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
 from sslsv.registry import METHODS
@@ -71,14 +71,11 @@ class BYOL(Method):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("byol needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        batched = x1.shape == x2.shape
-        z1, z2 = _two_views(lambda x: self.projector(self.encoder(x)), x1, x2, batched)
+        x1, x2 = two_views(batch, "byol")
+        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         with torch.no_grad():
-            t1, t2 = _two_views(lambda x: self.target_projector(self.target_encoder(x)), x1, x2, batched)
+            t1, t2 = encode_pair(lambda x: self.target_projector(self.target_encoder(x)), x1, x2)
         loss = self.loss(p1, p2, t1, t2)
         return StepOutput(loss, method_metrics(torch.cat([z1, z2])))
 
@@ -86,10 +83,3 @@ class BYOL(Method):
         m = cosine_schedule(progress, self.cfg.momentum_start, self.cfg.momentum_end)
         for online, ema in self.momentum_pairs():
             update_momentum(online, ema, m)
-
-
-def _two_views(branch, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """branch(x) for both views, in one pass when they have the same length (BN over the whole batch)."""
-    if batched:
-        return branch(torch.cat([x1, x2])).chunk(2)
-    return branch(x1), branch(x2)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.ema import momentum_copy, update_momentum
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
@@ -124,13 +124,8 @@ class MoCo(Method):
         return keys
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("moco needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        if x1.shape == x2.shape:
-            q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-        else:
-            q1, q2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+        x1, x2 = two_views(batch, "moco")
+        q1, q2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
         k1, k2 = self._keys(x1), self._keys(x2)
         k1, k2 = F.normalize(k1, dim=1).to(q1.dtype), F.normalize(k2, dim=1).to(q1.dtype)
         queue = self.queue.clone()

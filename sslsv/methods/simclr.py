@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
 from sslsv.training import distributed
@@ -77,14 +77,8 @@ class SimCLR(Method):
         self.entropy_bounds: dict[str, float] = {}
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("simclr needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        if x1.shape == x2.shape:  # one encoder pass for both views: BN statistics over the whole batch
-            y = self.encoder(torch.cat([x1, x2]))
-            y1, y2 = y.chunk(2)
-        else:
-            y1, y2 = self.encoder(x1), self.encoder(x2)
+        x1, x2 = two_views(batch, "simclr")
+        y1, y2 = encode_pair(self.encoder, x1, x2)
         z1, z2 = self.projector(y1), self.projector(y2)
         loss, metrics = self.loss(z1, z2)
         candidates = 2 * len(z1) * distributed.world_size() - 1

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
 from sslsv.registry import METHODS
 from sslsv.training.diagnostics import method_metrics
@@ -51,13 +51,8 @@ class SimSiam(Method):
         self.loss = SimSiamLoss()
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("simsiam needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        if x1.shape == x2.shape:
-            z1, z2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-        else:
-            z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+        x1, x2 = two_views(batch, "simsiam")
+        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         loss = self.loss(p1, p2, z1, z2)
         return StepOutput(loss, method_metrics(torch.cat([z1, z2])))

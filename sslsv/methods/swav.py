@@ -20,7 +20,6 @@ buffer (DDP would overwrite every rank's queue with rank 0's), checkpointed thro
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
 from sslsv.training import distributed
@@ -118,13 +117,8 @@ class SwAV(Method):
         return self.local_queue_size > 0 and self.epoch >= self.cfg.queue_start_epoch
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("swav needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        if x1.shape == x2.shape:
-            z1, z2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-        else:
-            z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+        x1, x2 = two_views(batch, "swav")
+        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
         scores1, scores2 = self.prototypes(z1), self.prototypes(z2)  # (B, P) cosines
         use_queue = self._queue_active() and self.queue is not None and self.queue_count >= self.local_queue_size

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
 from sslsv.training import distributed
@@ -86,12 +86,7 @@ class VICReg(Method):
         self.loss = VICRegLoss(cfg.invariance_weight, cfg.variance_weight, cfg.covariance_weight)
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("vicreg needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        if x1.shape == x2.shape:
-            z1, z2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-        else:
-            z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+        x1, x2 = two_views(batch, "vicreg")
+        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
         loss, terms = self.loss(z1, z2)
         return StepOutput(loss, {**terms, **method_metrics(torch.cat([z1, z2]))})

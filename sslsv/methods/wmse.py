@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
 from sslsv.training.diagnostics import method_metrics
@@ -90,11 +90,6 @@ class WMSE(Method):
         self.loss = WMSELoss(cfg.w_size, cfg.w_iter, cfg.w_eps)
 
     def forward(self, batch: Batch) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError("wmse needs 2 views per utterance (dataset.views)")
-        x1, x2 = batch.views[0], batch.views[1]
-        if x1.shape == x2.shape:
-            z1, z2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-        else:
-            z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+        x1, x2 = two_views(batch, "wmse")
+        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
         return StepOutput(self.loss(z1, z2), method_metrics(torch.cat([z1, z2])))
