@@ -74,31 +74,8 @@ def evaluate(run_dir: Path, random_weights: bool = False):
     return evaluate_model(model, "demo", config, torch.device("cpu"), progress=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--epochs", type=int, default=None, help="override every config's trainer.epochs")
-    parser.add_argument("--ablations", action="store_true", help="run the collapse ablations instead")
-    parser.add_argument("--write", help="markdown file whose results section (between markers) is replaced")
-    args = parser.parse_args(argv)
-    if not (ROOT / "data/demo/train.csv").exists():
-        print("build the demo corpus first: python -m sslsv.data.demo --out data/demo", file=sys.stderr)
-        return 2
-
-    runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in args.methods]
-    rows = []
-    for name, method, overrides in runs:
-        run_dir, elapsed, error = train(name, method, overrides, args.epochs)
-        if error:
-            rows.append((name, None, elapsed, error))
-        else:
-            detail = "; ".join(collapse_messages(run_dir)) or "no collapse flagged"
-            if args.ablations:
-                detail += f" (last step: {last_signals(run_dir)})"
-            rows.append((name, evaluate(run_dir), elapsed, detail))
-        print(f"{name}: {rows[-1][1].eer if rows[-1][1] else 'n/a'} % EER, {elapsed:.0f} s", flush=True)
-    baseline_dir = next((ROOT / "models/bench" / n for n, m, e, d in rows if m is not None), None)
-    baseline = evaluate(baseline_dir, random_weights=True) if baseline_dir and not args.ablations else None
+def render(rows: list, baseline, args) -> str:
+    import torch
 
     lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | train wall time (s) | collapse watch |",
              "|---|---|---|---|---|---|"]
@@ -111,24 +88,54 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lines.append(f"| {name} | {metrics.eer:.2f} | {metrics.min_dcf_001:.4f} | {metrics.min_dcf_005:.4f} | "
                          f"{elapsed:.0f} | {detail} |")
-    import torch
-
     header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}"
-              f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {platform.processor() or platform.machine()}, "
+              f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {platform.machine()} with "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}; configs "
-              f"`configs/<method>/fast_resnet34_demo.yml`, demo trials ({baseline.num_trials if baseline else '?'} trials).")
-    table = header + "\n\n" + "\n".join(lines)
-    print(table)
-    if args.write:
-        marker = "ablations" if args.ablations else "results"
-        path = Path(args.write)
-        text = path.read_text()
-        begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-        if begin not in text or end not in text:
-            print(f"{path}: markers {begin} / {end} not found; table not written", file=sys.stderr)
+              f"`configs/<method>/fast_resnet34_demo.yml`; demo trials ({baseline.num_trials if baseline else '?'}).")
+    return header + "\n\n" + "\n".join(lines)
+
+
+def write(path: Path, marker: str, table: str) -> bool:
+    """Replace the text between <!-- marker:begin --> and <!-- marker:end -->; True on failure."""
+    text = path.read_text()
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if begin not in text or end not in text:
+        print(f"{path}: markers {begin} / {end} not found; table not written", file=sys.stderr)
+        return True
+    head, rest = text.split(begin, 1)
+    path.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--epochs", type=int, default=None, help="override every config's trainer.epochs")
+    parser.add_argument("--ablations", action="store_true", help="run the collapse ablations instead")
+    parser.add_argument("--write", help="markdown file whose results section (between markers) is replaced")
+    args = parser.parse_args(argv)
+    if not (ROOT / "data/demo/train.csv").exists():
+        print("build the demo corpus first: python -m sslsv.data.demo --out data/demo", file=sys.stderr)
+        return 2
+
+    runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in args.methods]
+    rows, baseline = [], None
+    for name, method, overrides in runs:
+        run_dir, elapsed, error = train(name, method, overrides, args.epochs)
+        if error:
+            rows.append((name, None, elapsed, error))
+        else:
+            detail = "; ".join(collapse_messages(run_dir)) or "no collapse flagged"
+            if args.ablations:
+                detail += f" (last step: {last_signals(run_dir)})"
+            rows.append((name, evaluate(run_dir), elapsed, detail))
+            if baseline is None and not args.ablations:
+                baseline = evaluate(run_dir, random_weights=True)
+        print(f"{name}: {rows[-1][1].eer if rows[-1][1] else 'n/a'} % EER, {elapsed:.0f} s", flush=True)
+        table = render(rows, baseline, args)  # rewritten after every run: a long benchmark keeps partial results
+        if args.write and write(Path(args.write), "ablations" if args.ablations else "results", table):
             return 2
-        head, rest = text.split(begin, 1)
-        path.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    print(table)
     return 0
 
 
