@@ -27,7 +27,7 @@ Deviations:
   two; 3 s gives 149 frames on both sides).
 - No teacher: the encoder trains teacher-free. OS-KDFT distillation (a frozen WavLM-Large teacher, three
   DistilHuBERT heads on the last student state predicting teacher layers 8, 16, 24) is provided as
-  `DistillationHeads` + `distillation_loss` for a method to wire in later; nothing in the encoder uses them.
+  `DistillationHeads` + `distillation_loss`, used by the `os_kdft` method (sslsv/methods/distillation.py).
 - The log-mels come from the toolkit's `LogMel` (80 bands, 25 ms / 10 ms, per-band mean and variance normalised).
 """
 from __future__ import annotations

@@ -25,8 +25,9 @@ Deviations:
   (`length_policy="error"`) or zero-pads the frames to a multiple of max_frames and mixes each chunk
   (`length_policy="pad"`).
 - The multi-scale branch needs T >= 2 frames (about 45 ms of audio); shorter inputs raise.
-- No teacher: the model trains from scratch with the toolkit's objectives (the paper distils WavLM-Large through
-  OS-KDFT; see sslsv.encoders.ssrfnet.DistillationHeads for the heads and loss, not wired into a method yet).
+- No pretrained teacher: the model trains from scratch with the toolkit's objectives, or is distilled OS-KDFT style
+  from a local run of any layer-wise model with the `os_kdft` method (sslsv/methods/distillation.py); the paper
+  distils WavLM-Large, which cannot be downloaded here.
 """
 from __future__ import annotations
 
