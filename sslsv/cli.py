@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "average": average_main,
         "pseudo-label": _pseudo_label,
         "finetune": _finetune,
+        "analyze": _analyze,
         "profile": _profile,
         "diagnostics": _diagnostics,
         "list": _list,
@@ -164,6 +165,39 @@ def _finetune(argv: list[str]) -> int:
     from sslsv.evaluation.finetune import finetune_main
 
     return finetune_main(argv)
+
+
+def _analyze(argv: list[str]) -> int:
+    """SRR and NMI of a run's embeddings of a labelled manifest (review Eq. 14-15), plus a 2-D projection plot."""
+    parser = argparse.ArgumentParser(prog="sslsv analyze")
+    parser.add_argument("run")
+    parser.add_argument("--manifest", required=True, help="labelled manifest relative to the data root, e.g. demo/test.csv")
+    parser.add_argument("--projection", choices=["pca", "tsne"], default="pca")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from pathlib import Path
+
+        from sslsv.data.manifest import read_manifest
+        from sslsv.evaluation.analysis import plot_projection, speaker_recording_ratio
+        from sslsv.evaluation.embeddings import extract_embeddings
+        from sslsv.evaluation.evaluate import load_model
+
+        model, config, source = load_model(args.run, device=args.device)
+        root = Path(config.dataset.data_root)
+        manifest = read_manifest(root / args.manifest)
+        embeddings = extract_embeddings(model, [str(root / f) for f in manifest.files], config.features.sample_rate,
+                                        args.device, batch_seconds=config.evaluation.batch_seconds,
+                                        max_trim=config.evaluation.max_trim)
+        result = speaker_recording_ratio(embeddings, manifest.speakers, manifest.sessions)
+        out = Path(args.run) / f"projection_{Path(args.manifest).stem}.png"
+        plot_projection(embeddings, manifest.speakers, out, method=args.projection)
+        print(f"{args.run} ({source}) on {args.manifest}: {len(manifest)} utterances, k-means with {result.num_clusters} clusters")
+        print(f"NMI(speaker) {result.nmi_speakers:.4f}  NMI(recording) {result.nmi_recordings:.4f}  SRR {result.srr:.3f}")
+        print(f"projection: {out}")
+
+    return _run(run)
 
 
 def _profile(argv: list[str]) -> int:

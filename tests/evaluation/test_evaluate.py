@@ -52,3 +52,12 @@ def test_evaluate_cli(run):
     bad = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", "vox1_Q"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "vox1_O" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_analyze_prints_srr_and_nmi(run, capsys):
+    from sslsv.cli import main
+
+    assert main(["analyze", str(run), "--manifest", "tiny/train.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "NMI(speaker)" in out and "SRR" in out
+    assert (run / "projection_train.png").stat().st_size > 0
