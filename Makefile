@@ -10,7 +10,7 @@ DEMO_CONFIG ?= configs/simclr/fast_resnet34_demo.yml
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,onnx]"
 	touch $@
 
 venv: $(VENV)/.installed
