@@ -154,6 +154,30 @@ def _score_list(run_dir: str, trials, audio_dir: Path, device) -> "object":
     return cosine_scores(embeddings, enroll, test)
 
 
+def plot_score_correlation(scores: list, names: list[str], path: Path):
+    """Pearson correlation of the systems' trial scores, as a matrix plot (what fusion can gain: low correlation)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    correlation = np.corrcoef(np.stack([np.asarray(s, dtype=np.float64) for s in scores]))
+    fig = Figure(figsize=(1.2 * len(names) + 2.5, 1.2 * len(names) + 2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(correlation, vmin=-1, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{correlation[i, j]:.2f}", ha="center", va="center")
+    fig.colorbar(image, ax=ax)
+    ax.set_title("score correlation")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return correlation
+
+
 def fuse_main(argv: list[str] | None = None) -> int:
     """Calibrate / fuse runs' scores with logistic regression trained on a calibration trial list."""
     parser = argparse.ArgumentParser(prog="sslsv fuse", description=fuse_main.__doc__)
@@ -201,6 +225,16 @@ def fuse_main(argv: list[str] | None = None) -> int:
                   "act_dcf_001": compute_act_dcf(llr, test.labels, 0.01),
                   "runs": list(args.runs), "calibration": model.to_dict()}
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        rows = [(str(run), compute_metrics(scores, test.labels)) for run, scores in zip(args.runs, test_scores)]
+        rows.append(("fused (calibrated)" if len(args.runs) > 1 else "calibrated", metrics))
+        print(f"{'system':<48} {'EER (%)':>8} {'minDCF0.01':>11} {'minDCF0.05':>11}")
+        for label, m in rows:
+            print(f"{label:<48} {m.eer:>8.2f} {m.min_dcf_001:>11.4f} {m.min_dcf_005:>11.4f}")
+        if len(args.runs) > 1:
+            correlation = plot_score_correlation(test_scores, [Path(r).name for r in args.runs],
+                                                 out / f"{name}_correlation.png")
+            result["score_correlation"] = correlation.round(4).tolist()
+            (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         print(f"{name}: EER {metrics.eer:.2f} %, minDCF0.01 {metrics.min_dcf_001:.4f}, Cllr {result['cllr']:.3f} "
               f"(min {result['min_cllr']:.3f}), weights {model.weights.round(3).tolist()} -> {out}")
 

@@ -1,4 +1,5 @@
 """The run-level sub-commands, called as functions: embed, score, export, average, fuse, prepare."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,11 @@ def test_fuse(run, tmp_path, capsys):
                       "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     assert len(calibration.read_text().splitlines()) == 200
-    assert (tmp_path / "fusion/trials.score").is_file() and "Cllr" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (tmp_path / "fusion/trials.score").is_file() and "Cllr" in out and "fused (calibrated)" in out
+    correlation = json.loads((tmp_path / "fusion/trials.json").read_text())["score_correlation"]
+    assert correlation[0][1] == pytest.approx(1.0)  # the same run twice: perfectly correlated scores
+    assert (tmp_path / "fusion/trials_correlation.png").stat().st_size > 0
 
 
 def test_prepare_main_reports_errors(tmp_path, capsys):
