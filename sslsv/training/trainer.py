@@ -289,8 +289,11 @@ class Trainer:
         inputs = Batch(views, batch["labels"].to(self.device), batch["indices"].to(self.device))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             output = self.model(inputs)
-        global_loss = distributed.all_reduce_mean(output.loss.detach().float())
-        loss_value = float(global_loss)
+        # One all-reduce and one device->host copy per step for the loss and every metric together.
+        names = list(output.metrics)
+        scalars = [output.loss.detach().float()] + [output.metrics[k].detach().float().reshape(()) for k in names]
+        values = distributed.all_reduce_mean(torch.stack(scalars)).tolist()
+        loss_value, metrics = values[0], dict(zip(names, values[1:]))
         if not math.isfinite(loss_value):
             self._fail_non_finite(loss_value)
         self.optimizer.zero_grad(set_to_none=True)
@@ -305,7 +308,6 @@ class Trainer:
         stepped = scale_before is None or self.scaler.get_scale() >= scale_before  # fp16: skipped on inf grads
         if stepped:
             self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
-        metrics = {k: float(distributed.all_reduce_mean(v.detach().float())) for k, v in output.metrics.items()}
         return loss_value, metrics
 
     def _watch_collapse(self, metrics: dict[str, float]) -> None:
