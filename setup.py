@@ -9,8 +9,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["sslsv", "sslsv.*"]),
     install_requires=[
-        "torch==2.11.*",
-        "torchaudio==2.11.*",
+        "torch==2.11.0",
+        "torchaudio==2.11.0",  # 2.11.1 on PyPI fails to load beside torch 2.11.0 (undefined symbol)
         "numpy",
         "scipy",
         "pandas",
