@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pseudo_labels.py --fraction 0.1 --dims 192        # quick: 109k points, 5k -> 750
     python benchmarks/bench_pseudo_labels.py --dims 192 512                   # full: 1 092 009 points
+    python benchmarks/bench_pseudo_labels.py --fraction 0.1 --kmeans-mode two_level   # the full size's algorithm
 
 Synthetic data shaped like VoxCeleb2 dev: 1 092 009 utterances of 5 994 speakers (counts per speaker drawn from a
 log-normal, mean 182), speaker means uniform on the sphere (between-speaker cosine about 0), utterances = mean +
@@ -24,7 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sslsv.pseudo_labels.clustering import (CHUNK, ClusteringConfig, ahc, class_confidence, cluster_metrics,  # noqa: E402
-                                            kmeans, memory_estimate, use_gpu, _consecutive)
+                                            kmeans, memory_estimate, two_level_kmeans, use_gpu,
+                                            _consecutive)
 from sslsv.pseudo_labels.filtering import FilteringConfig, filter_labels  # noqa: E402
 
 VOX2_UTTERANCES, VOX2_SPEAKERS, KMEANS, CLASSES = 1_092_009, 5_994, 50_000, 7_500
@@ -72,9 +74,13 @@ def run(dim: int, fraction: float, args) -> None:
     k, classes = int(round(KMEANS * fraction)), int(round(CLASSES * fraction))
     cfg = ClusteringConfig(kmeans_clusters=k, num_classes=classes, linkage=args.linkage,
                            ahc_neighbors=args.ahc_neighbors, iterations=args.iterations,
-                           max_points_per_centroid=args.max_points_per_centroid, gpu=args.gpu)
-    print(f"\n== {n:,} x {dim} embeddings, {speakers:,} speakers: k-means {k:,} -> AHC {classes:,} "
-          f"({args.linkage}, {args.ahc_neighbors} neighbours), faiss GPU: {use_gpu(args.gpu)}")
+                           max_points_per_centroid=args.max_points_per_centroid, gpu=args.gpu,
+                           kmeans_mode=args.kmeans_mode, refine_iterations=args.refine_iterations)
+    gpu = use_gpu(args.gpu)
+    mode = (f"two-level + {cfg.refine_iterations} HNSW-assigned iterations" if cfg.two_level(gpu)
+            else f"flat, {cfg.iterations} iterations")
+    print(f"\n== {n:,} x {dim} embeddings, {speakers:,} speakers: k-means {k:,} ({mode}) -> AHC {classes:,} "
+          f"({args.linkage}, {args.ahc_neighbors} neighbours), faiss GPU: {gpu}")
     timings = {}
     tick = time.perf_counter()
     x, truth = synthetic(n, speakers, dim, args.within_cosine, args.seed)
@@ -83,7 +89,11 @@ def run(dim: int, fraction: float, args) -> None:
     print(f"   cosine within speakers {within:.3f}, between {between:.3f}; peak RSS {peak_rss_gib():.2f} GiB")
 
     tick = time.perf_counter()
-    centroids, assignments, _ = kmeans(x, k, cfg.iterations, True, cfg.seed, cfg.max_points_per_centroid, use_gpu(args.gpu))
+    if cfg.two_level(gpu):
+        centroids, assignments, _ = two_level_kmeans(x, k, cfg.iterations, True, cfg.seed, cfg.max_points_per_centroid,
+                                                     cfg.refine_iterations, cfg.hnsw_ef_search)
+    else:
+        centroids, assignments, _ = kmeans(x, k, cfg.iterations, True, cfg.seed, cfg.max_points_per_centroid, gpu)
     timings["kmeans"] = time.perf_counter() - tick
     print(f"   k-means      {timings['kmeans']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
     tick = time.perf_counter()
@@ -121,6 +131,9 @@ def main() -> None:
     parser.add_argument("--max-points-per-centroid", type=int, default=128)
     parser.add_argument("--within-cosine", type=float, default=0.65)
     parser.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
+    parser.add_argument("--kmeans-mode", choices=["auto", "flat", "two_level"], default="auto",
+                        help="auto: two-level for K >= 10 000 on CPU (the full size), flat otherwise")
+    parser.add_argument("--refine-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -9,6 +9,14 @@ Memory at VoxCeleb2 scale (1 092 009 x D float32; see benchmarks/bench_pseudo_la
 - k-means: faiss trains on at most `max_points_per_centroid * K` points (a random subsample drawn by faiss) and
   initialises from a random subset of them, so nothing of size N x K is ever built (the distance blocks are
   4096 x 1024 floats). Only float32 is used: the embeddings (N x D x 4 bytes) are the largest object.
+- Time: one exact (flat) Lloyd iteration costs N x K x D multiply-adds, 1e13 at VoxCeleb2 size (K = 50 000,
+  D = 192): tens of minutes per iteration on a 2-core CPU, hours for 20 iterations. `kmeans_mode: two_level` (the
+  default on CPU for K >= 10 000) first clusters into sqrt(K) coarse cells, then each cell into its share of the K
+  centroids (faiss.contrib.clustering.two_level_clustering: N x 2 sqrt(K) x D per iteration), and then runs
+  `refine_iterations` full Lloyd iterations whose nearest-centroid search goes through an HNSW graph of the
+  centroids instead of a flat scan (faiss's recipe for k-means with many centroids); the final assignment uses the
+  same graph. The graph search is approximate (`hnsw_ef_search` trades speed for recall). On a GPU the flat
+  search is fast enough and `auto` keeps it.
 - AHC of K = 50 000 centroids: an exact linkage needs the condensed distance matrix, K^2 / 2 x 8 bytes = 10 GB in
   float64, plus scipy's working copies. Instead (`ahc_neighbors > 0`, the default) the merges are restricted to a
   symmetric k-nearest-neighbour graph of the centroids (faiss exact kNN, cosine), and sklearn's
@@ -31,6 +39,7 @@ import numpy as np
 from sslsv.config import ConfigError
 
 CHUNK = 65536  # rows per block for chunked passes over the embeddings
+TWO_LEVEL_FROM = 10000  # kmeans_mode=auto: K from which CPU k-means is two-level
 
 
 @dataclass
@@ -47,6 +56,11 @@ class ClusteringConfig:
     spherical: bool = True  # cosine k-means: L2-normalised points and centroids
     iterations: int = 20
     max_points_per_centroid: int = 128  # faiss trains on at most this many points per centroid (random subsample)
+    # flat: exact Lloyd iterations; two_level: coarse/fine init + HNSW-assigned refinement (large K on CPU);
+    # auto: two_level for K >= 10 000 without a faiss GPU, flat otherwise
+    kmeans_mode: Literal["auto", "flat", "two_level"] = "auto"
+    refine_iterations: int = 3  # two_level: full Lloyd iterations after the two-level initialisation
+    hnsw_ef_search: int = 64  # two_level: HNSW search breadth for the nearest-centroid queries
     gpu: Literal["auto", "yes", "no"] = "auto"  # auto: use faiss GPUs when faiss has any
     seed: int = 0
 
@@ -61,6 +75,16 @@ class ClusteringConfig:
             raise ConfigError("clustering.iterations: must be at least 1")
         if self.max_points_per_centroid < 1:
             raise ConfigError("clustering.max_points_per_centroid: must be at least 1")
+        if self.refine_iterations < 0:
+            raise ConfigError("clustering.refine_iterations: must be >= 0")
+        if self.hnsw_ef_search < 1:
+            raise ConfigError("clustering.hnsw_ef_search: must be at least 1")
+
+    def two_level(self, gpu: bool) -> bool:
+        """Whether k-means uses the two-level initialisation and HNSW assignment (see the module docstring)."""
+        if self.kmeans_mode == "auto":
+            return self.kmeans_clusters >= TWO_LEVEL_FROM and not gpu
+        return self.kmeans_mode == "two_level"
 
     @property
     def classes(self) -> int:
@@ -127,6 +151,59 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, spherical: bool = True, 
     model.train(x)  # faiss subsamples to max_points_per_centroid * k points and initialises from random points
     distances, assignments = model.index.search(x, 1)  # blocked search: memory O(N), not O(N x K)
     return model.centroids.astype(np.float32), assignments[:, 0].astype(np.int64), distances[:, 0]
+
+
+def two_level_kmeans(x: np.ndarray, k: int, iterations: int = 20, spherical: bool = True, seed: int = 0,
+                     max_points_per_centroid: int = 128, refine_iterations: int = 3, ef_search: int = 64,
+                     verbose: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means for large K on CPU: two-level initialisation, then Lloyd iterations with HNSW assignment.
+
+    Same inputs and outputs as `kmeans`. The initialisation trains on at most `max_points_per_centroid * k` points
+    (a seeded random subsample); the refinement and the final assignment see every point.
+    """
+    import faiss
+    from faiss.contrib.clustering import two_level_clustering
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, dim = x.shape
+    if n < k:
+        raise ValueError(f"k-means with {k} clusters needs at least {k} points, got {n}")
+    rng = np.random.default_rng(seed)
+    train = x if n <= max_points_per_centroid * k else x[np.sort(rng.choice(n, max_points_per_centroid * k, replace=False))]
+    coarse = max(2, int(round(np.sqrt(k))))
+    # rebalance: each coarse cell gets fine centroids in proportion to its points (about N / K points each)
+    centroids, _ = two_level_clustering(train, coarse, k, rebalance=True, clustering_niter=iterations,
+                                        spherical=spherical, seed=seed, verbose=verbose, min_points_per_centroid=1)
+    del train
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    if refine_iterations:
+        # faiss.Clustering continues from the given centroids; the HNSW index is rebuilt on them every iteration
+        clustering = faiss.Clustering(dim, k)
+        clustering.niter, clustering.spherical, clustering.seed = refine_iterations, spherical, seed
+        clustering.max_points_per_centroid = max(1, -(-n // k))  # every point: no subsampling
+        clustering.verbose, clustering.min_points_per_centroid = verbose, 1  # N / K ~ 22 at VoxCeleb2 size
+        faiss.copy_array_to_vector(centroids.ravel(), clustering.centroids)
+        clustering.train(x, _hnsw_index(dim, ef_search))
+        centroids = faiss.vector_to_array(clustering.centroids).reshape(k, dim).astype(np.float32)
+    index = _hnsw_index(dim, ef_search)
+    index.add(centroids)
+    distances = np.empty(n, dtype=np.float32)
+    assignments = np.empty(n, dtype=np.int64)
+    for start in range(0, n, CHUNK * 4):
+        block_distances, block_assignments = index.search(x[start : start + CHUNK * 4], 1)
+        distances[start : start + CHUNK * 4] = block_distances[:, 0]
+        assignments[start : start + CHUNK * 4] = block_assignments[:, 0]
+    return centroids, assignments, distances
+
+
+def _hnsw_index(dim: int, ef_search: int):
+    """HNSW graph (L2) over centroids; on unit vectors its L2 order is the cosine order."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(dim, 32)
+    index.hnsw.efConstruction = 40
+    index.hnsw.efSearch = ef_search
+    return index
 
 
 # ------------------------------------------------------------------------------------------------ AHC
@@ -224,8 +301,13 @@ def cluster(x: np.ndarray, cfg: ClusteringConfig, verbose: bool = False) -> Clus
     timings["normalize"] = time.perf_counter() - tick
     gpu = use_gpu(cfg.gpu)
     tick = time.perf_counter()
-    centroids, assignments, _ = kmeans(x, cfg.kmeans_clusters, cfg.iterations, cfg.spherical, cfg.seed,
-                                       cfg.max_points_per_centroid, gpu, verbose)
+    if cfg.two_level(gpu):
+        centroids, assignments, _ = two_level_kmeans(x, cfg.kmeans_clusters, cfg.iterations, cfg.spherical, cfg.seed,
+                                                     cfg.max_points_per_centroid, cfg.refine_iterations,
+                                                     cfg.hnsw_ef_search, verbose)
+    else:
+        centroids, assignments, _ = kmeans(x, cfg.kmeans_clusters, cfg.iterations, cfg.spherical, cfg.seed,
+                                           cfg.max_points_per_centroid, gpu, verbose)
     timings["kmeans"] = time.perf_counter() - tick
     tick = time.perf_counter()
     if cfg.method == "kmeans":

@@ -4,7 +4,7 @@ import pytest
 
 from sslsv.config import ConfigError
 from sslsv.pseudo_labels.clustering import (ClusteringConfig, ahc, cluster, cluster_metrics, kmeans, memory_estimate,
-                                            purity)
+                                            purity, two_level_kmeans)
 
 
 def speakers(num_speakers=30, per_speaker=40, dim=32, noise=0.5, seed=0):
@@ -54,6 +54,33 @@ def test_kmeans_outputs():
     assert assignments.shape == (150,) and distances.shape == (150,)
     nearest = ((x[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
     assert np.array_equal(nearest, assignments)
+
+
+def test_two_level_kmeans_matches_flat_quality_and_assigns_nearest_centroid():
+    x, truth = speakers(num_speakers=40, per_speaker=50, dim=24, noise=0.6)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat_centroids, flat_assignments, flat_distances = kmeans(x, 160, max_points_per_centroid=64)
+    centroids, assignments, distances = two_level_kmeans(x, 160, max_points_per_centroid=64, refine_iterations=2)
+    assert centroids.shape == (160, 24) and assignments.shape == (2000,) and assignments.dtype == np.int64
+    # the HNSW assignment is approximate, but on 160 centroids it finds the exact nearest one almost always
+    exact = ((x[:, None] - centroids[None]) ** 2).sum(-1)
+    assert np.mean(exact.argmin(1) == assignments) > 0.99
+    assert np.allclose(distances, exact[np.arange(len(x)), assignments], atol=1e-4)
+    # quantisation error within 5 % of flat k-means, and the clusters are as pure
+    assert distances.mean() < 1.05 * flat_distances.mean()
+    assert cluster_metrics(assignments, truth)["purity"] > 0.97
+    assert len(np.unique(assignments)) > 150  # no mass of empty clusters
+
+
+def test_kmeans_mode_auto_goes_two_level_for_large_k_on_cpu():
+    assert ClusteringConfig(kmeans_clusters=50000).two_level(gpu=False)
+    assert not ClusteringConfig(kmeans_clusters=50000).two_level(gpu=True)
+    assert not ClusteringConfig(kmeans_clusters=5000, num_classes=750).two_level(gpu=False)
+    assert ClusteringConfig(kmeans_clusters=120, num_classes=40, kmeans_mode="two_level").two_level(gpu=False)
+    x, truth = speakers()
+    result = cluster(x, ClusteringConfig(kmeans_clusters=120, num_classes=30, kmeans_mode="two_level",
+                                         max_points_per_centroid=64, linkage="average"))
+    assert cluster_metrics(result.labels, truth)["nmi"] > 0.9
 
 
 def test_purity_and_nmi_by_hand():
