@@ -7,7 +7,9 @@
     python benchmarks/bench_methods.py --write docs/methods.md   # replace the results section of that file
 
 Each run trains in a subprocess (train.py, so exactly what a user runs), then evaluate.py's code scores the demo
-trials. Runs go to models/bench/<name>/ and are restarted from scratch each time.
+trials. Runs go to models/bench/<name>/ and are restarted from scratch each time; each run's row is kept in
+models/bench/<name>/bench_row.json, so the table written by --write holds every method measured so far (in the
+order of METHODS / ABLATIONS), whichever invocation measured it. Its "measured" column gives the date.
 """
 from __future__ import annotations
 
@@ -25,17 +27,20 @@ sys.path.insert(0, str(ROOT))
 METHODS = ["simclr", "moco", "swav", "deepcluster", "wmse", "barlow_twins", "vicreg", "byol", "simsiam", "dino",
            "cpc", "supervised"]
 
-# (name, method config, overrides): the review's section 6.1 collapse cases, detected by the collapse watch.
+# (name, method config, overrides): the review's section 6.1 collapse cases, detected by the collapse watch. A demo
+# run has 50 steps, so the watch must react within 10 consecutive steps instead of the default 50.
+WATCH = ["collapse.patience_steps=10"]
 ABLATIONS = [
-    ("moco_no_ema", "moco", ["method.use_momentum_encoder=false"]),
-    ("moco_high_temperature", "moco", ["method.temperature=1.0"]),
-    ("dino_no_centering", "dino", ["method.centering=false"]),
-    ("dino_no_sharpening", "dino", ["method.sharpening=false"]),
+    ("moco_no_ema", "moco", ["method.use_momentum_encoder=false", *WATCH]),
+    ("moco_high_temperature", "moco", ["method.temperature=1.0", *WATCH]),
+    ("dino_no_centering", "dino", ["method.centering=false", *WATCH]),
+    ("dino_no_sharpening", "dino", ["method.sharpening=false", *WATCH]),
 ]
+BENCH = ROOT / "models" / "bench"
 
 
 def train(name: str, method: str, overrides: list[str], epochs: int | None) -> tuple[Path, float, str]:
-    run_dir = ROOT / "models" / "bench" / name
+    run_dir = BENCH / name
     command = [sys.executable, "train.py", f"configs/{method}/fast_resnet34_demo.yml", f"run_dir={run_dir}",
                "trainer.progress_bar=false", "--restart", *overrides]
     if epochs:
@@ -74,24 +79,36 @@ def evaluate(run_dir: Path, random_weights: bool = False):
     return evaluate_model(model, "demo", config, torch.device("cpu"), progress=False)
 
 
-def render(rows: list, baseline, args) -> str:
+def row_of(name: str, metrics, elapsed: float, detail: str) -> dict:
+    row = {"name": name, "elapsed": elapsed, "detail": detail, "date": time.strftime("%Y-%m-%d")}
+    if metrics is not None:
+        row.update(eer=metrics.eer, min_dcf_001=metrics.min_dcf_001, min_dcf_005=metrics.min_dcf_005,
+                   trials=metrics.num_trials)
+    return row
+
+
+def saved_row(name: str) -> dict | None:
+    path = BENCH / name / "bench_row.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render(names: list[str], args) -> str:
     import torch
 
-    lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | train wall time (s) | collapse watch |",
-             "|---|---|---|---|---|---|"]
-    if baseline:
-        lines.append(f"| random weights (Fast ResNet-34) | {baseline.eer:.2f} | {baseline.min_dcf_001:.4f} | "
-                     f"{baseline.min_dcf_005:.4f} | 0 | |")
-    for name, metrics, elapsed, detail in rows:
-        if metrics is None:
-            lines.append(f"| {name} | - | - | - | {elapsed:.0f} | {detail} |")
+    lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | train wall time (s) | measured | collapse watch |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [row for row in map(saved_row, ["random_weights", *names]) if row]
+    for row in rows:
+        if "eer" not in row:
+            lines.append(f"| {row['name']} | - | - | - | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
         else:
-            lines.append(f"| {name} | {metrics.eer:.2f} | {metrics.min_dcf_001:.4f} | {metrics.min_dcf_005:.4f} | "
-                         f"{elapsed:.0f} | {detail} |")
+            lines.append(f"| {row['name']} | {row['eer']:.2f} | {row['min_dcf_001']:.4f} | {row['min_dcf_005']:.4f} | "
+                         f"{row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
+    trials = next((row["trials"] for row in rows if "trials" in row), "?")
     header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}"
               f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {platform.machine()} with "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}; configs "
-              f"`configs/<method>/fast_resnet34_demo.yml`; demo trials ({baseline.num_trials if baseline else '?'}).")
+              f"`configs/<method>/fast_resnet34_demo.yml`; demo trials ({trials}).")
     return header + "\n\n" + "\n".join(lines)
 
 
@@ -119,20 +136,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in args.methods]
-    rows, baseline = [], None
+    order = [a for a, _, _ in ABLATIONS] if args.ablations else METHODS
     for name, method, overrides in runs:
         run_dir, elapsed, error = train(name, method, overrides, args.epochs)
         if error:
-            rows.append((name, None, elapsed, error))
+            row = row_of(name, None, elapsed, error)
         else:
             detail = "; ".join(collapse_messages(run_dir)) or "no collapse flagged"
             if args.ablations:
                 detail += f" (last step: {last_signals(run_dir)})"
-            rows.append((name, evaluate(run_dir), elapsed, detail))
-            if baseline is None and not args.ablations:
-                baseline = evaluate(run_dir, random_weights=True)
-        print(f"{name}: {rows[-1][1].eer if rows[-1][1] else 'n/a'} % EER, {elapsed:.0f} s", flush=True)
-        table = render(rows, baseline, args)  # rewritten after every run: a long benchmark keeps partial results
+            row = row_of(name, evaluate(run_dir), elapsed, detail)
+            if not args.ablations and saved_row("random_weights") is None:
+                (BENCH / "random_weights").mkdir(parents=True, exist_ok=True)
+                baseline = row_of("random weights (Fast ResNet-34)", evaluate(run_dir, random_weights=True), 0, "")
+                (BENCH / "random_weights" / "bench_row.json").write_text(json.dumps(baseline))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "bench_row.json").write_text(json.dumps(row))
+        print(f"{name}: {row.get('eer', 'n/a')} % EER, {elapsed:.0f} s", flush=True)
+        table = render(order, args)  # rewritten after every run: a long benchmark keeps partial results
         if args.write and write(Path(args.write), "ablations" if args.ablations else "results", table):
             return 2
     print(table)

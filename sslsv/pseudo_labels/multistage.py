@@ -200,13 +200,14 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
     main = distributed.is_main()
     workdir = Path(cfg.workdir)
     rows = []
+    quiet = [] if progress else ["trainer.progress_bar=false"]  # --no-progress silences the trainings' bars too
 
     # Round 0: the SSL model.
     ssl_dir = Path(cfg.ssl.run_dir) if cfg.ssl.run_dir else round_dir(cfg, 0)
     state = RoundState(round_dir(cfg, 0) / "state.json")
     if cfg.ssl.config and not state.done("train"):
         _say(main, f"round 0: training the SSL model {cfg.ssl.config} -> {ssl_dir}")
-        train_step(cfg.ssl.config, cfg.ssl.overrides + [f"run_dir={ssl_dir}"], None, cfg.extraction.use_average)
+        train_step(cfg.ssl.config, cfg.ssl.overrides + quiet + [f"run_dir={ssl_dir}"], None, cfg.extraction.use_average)
         state.finish("train")
     if cfg.ssl.evaluate and not state.done("evaluate"):
         results = evaluate_step(ssl_dir, cfg.trials) if main else {}
@@ -250,7 +251,7 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
             distributed.barrier()
         if not state.done("train"):
             _say(main, f"round {index}: supervised training on {folder / 'train.csv'} -> {run_dir}")
-            overrides = spec.overrides + [f"run_dir={run_dir}", f"dataset.data_root={data_root}",
+            overrides = spec.overrides + quiet + [f"run_dir={run_dir}", f"dataset.data_root={data_root}",
                                           f"dataset.manifest={(folder / 'train.csv').resolve()}"]
             train_step(spec.config, overrides, previous if spec.init == "previous" else None, cfg.extraction.use_average,
                        needs_labels=True)
