@@ -4,6 +4,7 @@
     python benchmarks/bench_methods.py                   # all methods, configs/<method>/fast_resnet34_demo.yml
     python benchmarks/bench_methods.py --methods simclr moco --epochs 5
     python benchmarks/bench_methods.py --ablations       # the collapse ablations of the review, section 6.1
+    python benchmarks/bench_methods.py --ablations --methods dino_no_centering --epochs 4
     python benchmarks/bench_methods.py --write docs/methods.md   # replace the results section of that file
 
 Each run trains in a subprocess (train.py, so exactly what a user runs), then evaluate.py's code scores the demo
@@ -126,7 +127,8 @@ def write(path: Path, marker: str, table: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="methods to run (default all); with --ablations, ablation names (default all)")
     parser.add_argument("--epochs", type=int, default=None, help="override every config's trainer.epochs")
     parser.add_argument("--ablations", action="store_true", help="run the collapse ablations instead")
     parser.add_argument("--write", help="markdown file whose results section (between markers) is replaced")
@@ -135,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         print("build the demo corpus first: python -m sslsv.data.demo --out data/demo", file=sys.stderr)
         return 2
 
-    runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in args.methods]
+    runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in METHODS]
+    if args.methods:
+        unknown = set(args.methods) - {name for name, _, _ in runs}
+        if unknown:
+            print(f"--methods: unknown {sorted(unknown)}; choose from {[name for name, _, _ in runs]}", file=sys.stderr)
+            return 2
+        runs = [run for run in runs if run[0] in args.methods]
     order = [a for a, _, _ in ABLATIONS] if args.ablations else METHODS
     for name, method, overrides in runs:
         run_dir, elapsed, error = train(name, method, overrides, args.epochs)
