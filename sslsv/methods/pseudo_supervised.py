@@ -87,6 +87,23 @@ class SubCenterAAMSoftmax(nn.Module):
         return F.cross_entropy(logits, labels, reduction="none"), cosine.argmax(dim=1) == labels
 
 
+    @torch.no_grad()
+    def init_from_centroids(self, centroids: torch.Tensor, seed: int = 0) -> None:
+        """Start every class's sub-centres at its centroid (C, D) (DeepCluster-v2's head initialisation).
+
+        A random head on top of a pre-trained encoder sends large, meaningless gradients into it during the first
+        steps; centroid rows make the initial logits the cosine to each pseudo-class mean instead. Sub-centres of
+        a class get small independent perturbations so that they can separate.
+        """
+        if centroids.shape != (self.num_classes, self.weight.shape[1]):
+            raise ValueError(f"centroids: expected ({self.num_classes}, {self.weight.shape[1]}), got {tuple(centroids.shape)}")
+        rows = F.normalize(centroids.float(), dim=1).repeat_interleave(self.subcenters, dim=0)
+        if self.subcenters > 1:
+            generator = torch.Generator().manual_seed(seed)
+            rows = F.normalize(rows + 0.01 * torch.randn(rows.shape, generator=generator), dim=1)
+        self.weight.copy_(rows.to(self.weight))
+
+
 def gate_mask(losses: torch.Tensor, threshold: float) -> torch.Tensor:
     """g_i = [L_i <= threshold], (B,) bool."""
     return losses.detach() <= threshold

@@ -56,6 +56,9 @@ class RoundConfig:
     config: str  # train config of the supervised round (method pseudo_supervised or supervised)
     overrides: list[str] = field(default_factory=list)
     init: Literal["previous", "scratch"] = "previous"  # previous: encoder starts from the previous round's weights
+    # centroids: with init=previous, the AAM classifier starts at the pseudo-classes' mean representations (by the
+    # previous model, the one the encoder starts from) instead of random rows; random: always random rows
+    classifier_init: Literal["centroids", "random"] = "centroids"
     relabel: bool = True  # False: train on the previous round's pseudo-labels (e.g. a final LMFT round)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
@@ -151,9 +154,32 @@ def label_step(x: np.ndarray, manifest: Manifest, clustering: ClusteringConfig, 
     return metrics
 
 
+def class_centroids(x: np.ndarray, manifest: Manifest, pseudo: Manifest) -> np.ndarray:
+    """Mean L2-normalised representation of every class of a pseudo-labelled manifest, (C, D) float32.
+
+    x: (N, D) representations of `manifest`'s rows; `pseudo` holds a subset of those files with class names as
+    speakers. Row c is the class of index c in `pseudo.speaker_ids()`, the order in which training numbers them.
+    """
+    row_of = {path: i for i, path in enumerate(manifest.files)}
+    missing = [path for path in pseudo.files if path not in row_of]
+    if missing:
+        raise ConfigError(f"{pseudo.path}: {len(missing)} files are not in {manifest.path} (first: {missing[0]})")
+    rows = np.fromiter((row_of[path] for path in pseudo.files), dtype=np.int64, count=len(pseudo))
+    labels, names = pseudo.speaker_ids()
+    points = np.asarray(x[rows], dtype=np.float64)
+    points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    sums = np.zeros((len(names), points.shape[1]))
+    np.add.at(sums, labels, points)
+    return (sums / np.bincount(labels, minlength=len(names))[:, None]).astype(np.float32)
+
+
 def train_step(config_path: str, overrides: list[str], init_from: Path | None, use_average: bool,
-               needs_labels: bool = False) -> None:
-    """Train (or resume) a run; optionally start its encoder from another run's weights."""
+               needs_labels: bool = False, classifier_rows: np.ndarray | None = None,
+               classifier_kind: Literal["centroids", "classifier"] = "centroids") -> None:
+    """Train (or resume) a run; optionally start its encoder from another run's weights and its classifier
+    (pseudo-label rounds) from given rows: class centroids (C, D), or a previous round's classifier weights."""
+    import torch
+
     from sslsv.config import load_config
     from sslsv.evaluation.evaluate import run_weights
     from sslsv.training import checkpoint as ckpt
@@ -172,6 +198,24 @@ def train_step(config_path: str, overrides: list[str], init_from: Path | None, u
             raise TrainingError(f"cannot initialise {config.run_dir} from {weights}: the encoders differ ({error})") from None
         if distributed.is_main():
             print(f"initialised the encoder from {weights}")
+        if classifier_rows is not None:
+            classifier = getattr(trainer.method, "classifier", None)
+            if not hasattr(classifier, "init_from_centroids"):
+                raise TrainingError(f"{config_path}: classifier_init=centroids needs method pseudo_supervised, "
+                                    f"not '{config.method.name}' (or set classifier_init: random)")
+            rows = torch.as_tensor(np.asarray(classifier_rows))
+            if classifier_kind == "classifier":
+                if rows.shape != classifier.weight.shape:
+                    raise TrainingError(f"{config_path}: the previous round's classifier is {tuple(rows.shape)}, this "
+                                        f"one {tuple(classifier.weight.shape)}; same labels need the same "
+                                        f"method.subcenters (or set classifier_init: random)")
+                with torch.no_grad():
+                    classifier.weight.copy_(rows)
+            else:
+                classifier.init_from_centroids(rows, seed=config.trainer.seed)
+            if distributed.is_main():
+                source = "the previous round's classifier" if classifier_kind == "classifier" else "class centroids"
+                print(f"initialised the classifier from {source} ({len(rows)} rows)")
     trainer.fit()
 
 
@@ -253,8 +297,16 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
             _say(main, f"round {index}: supervised training on {folder / 'train.csv'} -> {run_dir}")
             overrides = spec.overrides + quiet + [f"run_dir={run_dir}", f"dataset.data_root={data_root}",
                                           f"dataset.manifest={(folder / 'train.csv').resolve()}"]
+            head, kind = None, "centroids"
+            if spec.init == "previous" and spec.classifier_init == "centroids":
+                if spec.relabel:
+                    embeddings = folder / "embeddings" / "embeddings.npy"  # by `previous`, the encoder's start
+                    head = class_centroids(np.load(embeddings, mmap_mode="r"), manifest,
+                                           read_manifest(folder / "train.csv"))
+                else:  # same labels as the previous round (e.g. LMFT): continue from its trained classifier
+                    head, kind = previous_classifier(previous), "classifier"
             train_step(spec.config, overrides, previous if spec.init == "previous" else None, cfg.extraction.use_average,
-                       needs_labels=True)
+                       needs_labels=True, classifier_rows=head, classifier_kind=kind)
             state.finish("train")
         if spec.evaluate and not state.done("evaluate"):
             results = evaluate_step(run_dir, cfg.trials) if main else {}
@@ -269,6 +321,20 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
         (workdir / "rounds.md").write_text(table + "\n")
         print(table)
     return rows
+
+
+def previous_classifier(run_dir: Path) -> np.ndarray:
+    """The classifier rows of a finished pseudo-label run (its last checkpoint), for a round on the same labels."""
+    from sslsv.training import checkpoint as ckpt
+
+    checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
+        raise ConfigError(f"{run_dir}/checkpoints: no checkpoint to take the classifier from (classifier_init: "
+                          f"centroids on a round with relabel: false); use classifier_init: random")
+    state = ckpt.load_checkpoint(checkpoints[-1])["method"]
+    if "classifier.weight" not in state:
+        raise ConfigError(f"{checkpoints[-1]}: no classifier.weight (was {run_dir} a pseudo-label round?)")
+    return state["classifier.weight"].float().numpy()
 
 
 def _reread(state: RoundState) -> dict:

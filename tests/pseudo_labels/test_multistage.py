@@ -1,5 +1,7 @@
 """The multi-stage driver on the tiny corpus: one round end to end, the table, resume without redoing steps."""
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,8 @@ def test_one_round_writes_manifest_and_table_then_resumes(tiny_data, tmp_path, m
     again = run_multistage(cfg, progress=False)
     assert calls == ["train_step", "evaluate_step"]
     assert again[1]["eer"] == pytest.approx(rows[1]["eer"])  # the finished run's checkpoints were reused
-    assert "| 1 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "initialised the classifier from class centroids" in out
 
 
 def test_unknown_key_is_named(tmp_path, tiny_data):
@@ -72,3 +75,20 @@ def test_unknown_key_is_named(tmp_path, tiny_data):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"rounds\[0\]\.clustering\.kmeans_cluster: unknown key; did you mean"):
         load_multistage_config(path)
+
+
+def test_class_centroids_follow_training_class_order(tmp_path):
+    from sslsv.data.manifest import Manifest
+    from sslsv.pseudo_labels.multistage import class_centroids
+
+    full = Manifest(files=[f"a/{i}.wav" for i in range(5)], speakers=["s"] * 5, sessions=None, durations=None, path="full.csv")
+    x = np.array([[1, 0], [0, 2], [3, 0], [0, 1], [5, 5]], dtype=np.float32)
+    # kept rows 3, 0, 1, 2 with classes named as pseudo_manifest names them; row 4 was filtered out
+    pseudo = Manifest(files=["a/3.wav", "a/0.wav", "a/1.wav", "a/2.wav"],
+                      speakers=["c000007", "c000002", "c000007", "c000002"], sessions=None, durations=None, path="pseudo.csv")
+    centroids = class_centroids(x, full, pseudo)
+    # class index 0 = "c000002" (sorted names): rows 0 and 2 -> (1, 0); class 1 = "c000007": rows 3 and 1 -> (0, 1)
+    assert np.allclose(centroids, [[1, 0], [0, 1]])
+    stranger = Manifest(files=["b/9.wav"], speakers=["c000001"], sessions=None, durations=None, path="pseudo.csv")
+    with pytest.raises(ConfigError, match="pseudo.csv: 1 files are not in full.csv"):
+        class_centroids(x, full, stranger)

@@ -119,3 +119,21 @@ def test_gmm_gate_refits_from_previous_epoch_and_survives_resume():
     assert torch.isfinite(resumed.sample_losses).sum() == 10
     with pytest.raises(ConfigError, match="loss_gate_threshold"):
         PseudoSupervisedConfig(loss_gate="fixed")
+
+
+@pytest.mark.parametrize("subcenters", [1, 3])
+def test_classifier_initialised_at_centroids_classifies_them(subcenters):
+    torch.manual_seed(1)
+    centroids = torch.randn(6, 16) * 3
+    loss = SubCenterAAMSoftmax(16, 6, subcenters=subcenters)
+    loss.init_from_centroids(centroids, seed=0)
+    rows = torch.nn.functional.normalize(loss.weight, dim=1).view(6, subcenters, 16)
+    # every sub-centre of class c points (almost) at centroid c
+    cosines = (rows * torch.nn.functional.normalize(centroids, dim=1)[:, None]).sum(-1)
+    assert cosines.min() > 0.99 and (subcenters == 1 or (rows[:, 0] - rows[:, 1]).abs().max() > 0)
+    # points near each centroid are classified correctly from the first step (a random head would not)
+    points = centroids + 0.1 * torch.randn(6, 16)
+    _, correct = loss(points, torch.arange(6))
+    assert correct.all()
+    with pytest.raises(ValueError, match=r"expected \(6, 16\)"):
+        loss.init_from_centroids(torch.randn(5, 16))
