@@ -80,8 +80,8 @@ def evaluate(run_dir: Path, random_weights: bool = False):
     return evaluate_model(model, "demo", config, torch.device("cpu"), progress=False)
 
 
-def row_of(name: str, metrics, elapsed: float, detail: str) -> dict:
-    row = {"name": name, "elapsed": elapsed, "detail": detail, "date": time.strftime("%Y-%m-%d")}
+def row_of(name: str, metrics, elapsed: float, detail: str, epochs: int | None = None) -> dict:
+    row = {"name": name, "elapsed": elapsed, "detail": detail, "date": time.strftime("%Y-%m-%d"), "epochs": epochs}
     if metrics is not None:
         row.update(eer=metrics.eer, min_dcf_001=metrics.min_dcf_001, min_dcf_005=metrics.min_dcf_005,
                    trials=metrics.num_trials)
@@ -96,20 +96,21 @@ def saved_row(name: str) -> dict | None:
 def render(names: list[str], args) -> str:
     import torch
 
-    lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | train wall time (s) | measured | collapse watch |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | epochs | train wall time (s) | measured | collapse watch |",
+             "|---|---|---|---|---|---|---|---|"]
     rows = [row for row in map(saved_row, ["random_weights", *names]) if row]
     for row in rows:
+        epochs = row.get("epochs") or ("" if row["name"].startswith("random") else "config")
         if "eer" not in row:
-            lines.append(f"| {row['name']} | - | - | - | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
+            lines.append(f"| {row['name']} | - | - | - | {epochs} | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
         else:
             lines.append(f"| {row['name']} | {row['eer']:.2f} | {row['min_dcf_001']:.4f} | {row['min_dcf_005']:.4f} | "
-                         f"{row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
+                         f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
     trials = next((row["trials"] for row in rows if "trials" in row), "?")
-    header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}"
-              f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {platform.machine()} with "
+    header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}` "
+              f"(epochs \"config\": the demo config's, otherwise `--epochs`) on {platform.machine()} with "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}; configs "
-              f"`configs/<method>/fast_resnet34_demo.yml`; demo trials ({trials}).")
+              f"`configs/<method>/fast_resnet34_demo.yml`; demo trials ({trials}); wall times on a shared machine.")
     return header + "\n\n" + "\n".join(lines)
 
 
@@ -148,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, method, overrides in runs:
         run_dir, elapsed, error = train(name, method, overrides, args.epochs)
         if error:
-            row = row_of(name, None, elapsed, error)
+            row = row_of(name, None, elapsed, error, args.epochs)
         else:
             detail = "; ".join(collapse_messages(run_dir)) or "no collapse flagged"
             if args.ablations:
                 detail += f" (last step: {last_signals(run_dir)})"
-            row = row_of(name, evaluate(run_dir), elapsed, detail)
+            row = row_of(name, evaluate(run_dir), elapsed, detail, args.epochs)
             if not args.ablations and saved_row("random_weights") is None:
                 (BENCH / "random_weights").mkdir(parents=True, exist_ok=True)
                 baseline = row_of("random weights (Fast ResNet-34)", evaluate(run_dir, random_weights=True), 0, "")
