@@ -53,6 +53,9 @@ def test_one_round_writes_manifest_and_table_then_resumes(tiny_data, tmp_path, m
     assert state["completed"] == ["extract", "cluster", "manifest", "train", "evaluate"]
     assert (work / "round_01" / "run" / "model.pt").exists()
     assert len(list((work / "round_01" / "embeddings").glob("shard_*.npy"))) == 3  # 24 rows / 10
+    # a relabel: false round (LMFT) starts from this round's trained classifier: one row per kept class
+    head = multistage.previous_classifier(work / "round_01" / "run")
+    assert head.shape == (rows[1]["filter_clusters_after"], 32) and np.isfinite(head).all()  # tiny: 32-d
 
     # An interruption after clustering: training and evaluation are redone, nothing before them.
     state["completed"] = ["extract", "cluster", "manifest"]
