@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def saved_row(name: str) -> dict | None:
 
 
 def render(names: list[str], args) -> str:
+    """The markdown table of the saved rows of `names` (in that order), with the random-weights row first."""
     import torch
 
     lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | epochs | train wall time (s) | measured | collapse watch |",
@@ -108,9 +110,9 @@ def render(names: list[str], args) -> str:
                          f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
     trials = next((row["trials"] for row in rows if "trials" in row), "?")
     header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}` "
-              f"(epochs \"config\": the demo config's, otherwise `--epochs`) on {platform.machine()} with "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}; configs "
-              f"`configs/<method>/fast_resnet34_demo.yml`; demo trials ({trials}); wall times on a shared machine.")
+              f"(epochs \"config\": the demo config's, otherwise `--epochs`) on {platform.machine()} "
+              f"({os.cpu_count()} CPUs, often shared by several runs: compare wall times only loosely), torch "
+              f"{torch.__version__}; configs `configs/<method>/fast_resnet34_demo.yml`; demo trials ({trials}).")
     return header + "\n\n" + "\n".join(lines)
 
 
