@@ -60,7 +60,18 @@ def collapse_messages(run_dir: Path) -> list[str]:
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    return sorted({r["collapse"] for r in records if "collapse" in r})
+    return list(dict.fromkeys(r["collapse"] for r in records if "collapse" in r))  # in order of appearance
+
+
+def short_detail(detail: str) -> str:
+    """The first collapse report of a run and how often it was repeated (each report names its step)."""
+    reports, last = detail, ""
+    if " (last step: " in detail:
+        reports, last = detail.split(" (last step: ", 1)
+        last = " (last step: " + last
+    parts = reports.split("; collapse suspected at ")
+    more = f"; reported {len(parts)} times in all" if len(parts) > 1 else ""
+    return parts[0] + more + last
 
 
 def last_signals(run_dir: Path) -> str:
@@ -104,10 +115,11 @@ def render(names: list[str], args) -> str:
     for row in rows:
         epochs = row.get("epochs") or ("" if row["name"].startswith("random") else "config")
         if "eer" not in row:
-            lines.append(f"| {row['name']} | - | - | - | {epochs} | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
+            lines.append(f"| {row['name']} | - | - | - | {epochs} | {row['elapsed']:.0f} | {row['date']} | "
+                         f"{short_detail(row['detail'])} |")
         else:
             lines.append(f"| {row['name']} | {row['eer']:.2f} | {row['min_dcf_001']:.4f} | {row['min_dcf_005']:.4f} | "
-                         f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {row['detail']} |")
+                         f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {short_detail(row['detail'])} |")
     trials = next((row["trials"] for row in rows if "trials" in row), "?")
     header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}` "
               f"(epochs \"config\": the demo config's, otherwise `--epochs`) on {platform.machine()} "
