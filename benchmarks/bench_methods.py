@@ -50,6 +50,8 @@ def train(name: str, method: str, overrides: list[str], epochs: int | None) -> t
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    if result.returncode < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer: nothing on stderr
+        return run_dir, elapsed, f"failed: killed by signal {-result.returncode}"
     if result.returncode != 0:
         return run_dir, elapsed, "failed: " + (result.stderr.strip().splitlines() or ["?"])[-1]
     return run_dir, elapsed, ""
