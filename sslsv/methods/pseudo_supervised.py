@@ -86,7 +86,6 @@ class SubCenterAAMSoftmax(nn.Module):
         logits = self.scale * torch.where(target, cos_plus_margin, cosine)
         return F.cross_entropy(logits, labels, reduction="none"), cosine.argmax(dim=1) == labels
 
-
     @torch.no_grad()
     def init_from_centroids(self, centroids: torch.Tensor, seed: int = 0) -> None:
         """Start every class's sub-centres at its centroid (C, D) (DeepCluster-v2's head initialisation).
