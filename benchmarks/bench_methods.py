@@ -39,6 +39,10 @@ ABLATIONS = [
     ("dino_no_sharpening", "dino", ["method.sharpening=false", *WATCH]),
 ]
 BENCH = ROOT / "models" / "bench"
+RANDOM_LABEL = "random weights (Fast ResNet-34)"
+# Methods whose demo config reads the representation out differently from the other methods (CPC: the mean of the
+# frame features, no head), so that random weights of the same read-out are their fair baseline: a row of its own.
+OWN_BASELINE = {"cpc"}
 
 
 def train(name: str, method: str, overrides: list[str], epochs: int | None) -> tuple[Path, float, str]:
@@ -107,27 +111,55 @@ def saved_row(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def render(names: list[str], args) -> str:
-    """The markdown table of the saved rows of `names` (in that order), with the random-weights row first."""
+def table_rows(path: Path, marker: str) -> dict[str, str]:
+    """The rows already in a markdown table between the markers of `path`: first cell -> whole line."""
+    text = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if begin not in text or end not in text:
+        return {}
+    section = text.split(begin, 1)[1].split(end, 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| run |")]
+    return {line.split("|")[1].strip(): line for line in rows}
+
+
+def render(names: list[str], args, kept: dict[str, str] | None = None) -> str:
+    """The markdown table of the saved rows of `names` (in that order), with the random-weights row first. A name
+    with no saved row keeps its line from `kept` (the table already in the file being written), so a table
+    measured over several sessions, whose run directories are gone, loses nothing."""
     import torch
 
+    kept = kept or {}
     lines = ["| run | EER (%) | minDCF (0.01) | minDCF (0.05) | epochs | train wall time (s) | measured | collapse watch |",
              "|---|---|---|---|---|---|---|---|"]
-    rows = [row for row in map(saved_row, ["random_weights", *names]) if row]
-    for row in rows:
-        epochs = row.get("epochs") or ("" if row["name"].startswith("random") else "config")
-        if "eer" not in row:
-            lines.append(f"| {row['name']} | - | - | - | {epochs} | {row['elapsed']:.0f} | {row['date']} | "
-                         f"{short_detail(row['detail'])} |")
-        else:
-            lines.append(f"| {row['name']} | {row['eer']:.2f} | {row['min_dcf_001']:.4f} | {row['min_dcf_005']:.4f} | "
-                         f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {short_detail(row['detail'])} |")
+    rows = []
+    for name in ["random_weights", *[n for m in names for n in ([m, f"random_{m}"] if m in OWN_BASELINE else [m])]]:
+        row = saved_row(name)
+        label = RANDOM_LABEL if name == "random_weights" else own_baseline_label(name[7:]) if name.startswith(
+            "random_") else name
+        if row is None and label in kept:
+            lines.append(kept[label])
+        elif row is not None:
+            rows.append(row)
+            lines.append(format_row(row))
     trials = next((row["trials"] for row in rows if "trials" in row), "?")
     header = (f"Measured by `python benchmarks/bench_methods.py{' --ablations' if args.ablations else ''}` "
               f"(epochs \"config\": the demo config's, otherwise `--epochs`) on {platform.machine()} "
               f"({os.cpu_count()} CPUs, often shared by several runs: compare wall times only loosely), torch "
               f"{torch.__version__}; configs `configs/<method>/fast_resnet34_demo.yml`; demo trials ({trials}).")
     return header + "\n\n" + "\n".join(lines)
+
+
+def own_baseline_label(method: str) -> str:
+    return f"random weights ({method} read-out)"
+
+
+def format_row(row: dict) -> str:
+    epochs = row.get("epochs") or ("" if row["name"].startswith("random") else "config")
+    if "eer" not in row:
+        return (f"| {row['name']} | - | - | - | {epochs} | {row['elapsed']:.0f} | {row['date']} | "
+                f"{short_detail(row['detail'])} |")
+    return (f"| {row['name']} | {row['eer']:.2f} | {row['min_dcf_001']:.4f} | {row['min_dcf_005']:.4f} | "
+            f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {short_detail(row['detail'])} |")
 
 
 def write(path: Path, marker: str, table: str) -> bool:
@@ -162,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runs = [run for run in runs if run[0] in args.methods]
     order = [a for a, _, _ in ABLATIONS] if args.ablations else METHODS
+    marker = "ablations" if args.ablations else "results"
+    kept = table_rows(Path(args.write), marker) if args.write else {}
     for name, method, overrides in runs:
         run_dir, elapsed, error = train(name, method, overrides, args.epochs)
         if error:
@@ -171,15 +205,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.ablations:
                 detail += f" (last step: {last_signals(run_dir)})"
             row = row_of(name, evaluate(run_dir), elapsed, detail, args.epochs)
-            if not args.ablations and saved_row("random_weights") is None:
+            if not args.ablations and name not in OWN_BASELINE and saved_row("random_weights") is None:
                 (BENCH / "random_weights").mkdir(parents=True, exist_ok=True)
-                baseline = row_of("random weights (Fast ResNet-34)", evaluate(run_dir, random_weights=True), 0, "")
+                baseline = row_of(RANDOM_LABEL, evaluate(run_dir, random_weights=True), 0, "")
                 (BENCH / "random_weights" / "bench_row.json").write_text(json.dumps(baseline))
+            if name in OWN_BASELINE:
+                (BENCH / f"random_{name}").mkdir(parents=True, exist_ok=True)
+                baseline = row_of(own_baseline_label(name), evaluate(run_dir, random_weights=True), 0, "")
+                (BENCH / f"random_{name}" / "bench_row.json").write_text(json.dumps(baseline))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "bench_row.json").write_text(json.dumps(row))
         print(f"{name}: {row.get('eer', 'n/a')} % EER, {elapsed:.0f} s", flush=True)
-        table = render(order, args)  # rewritten after every run: a long benchmark keeps partial results
-        if args.write and write(Path(args.write), "ablations" if args.ablations else "results", table):
+        table = render(order, args, kept)  # rewritten after every run: a long benchmark keeps partial results
+        if args.write and write(Path(args.write), marker, table):
             return 2
     print(table)
     return 0

@@ -25,6 +25,9 @@ class FastResNet34Config:
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
     pooling: str = "sap"  # any registered pooling: sap, asp, stats, gap
     embed_dim: int = 512  # review, section 4.3 (clovaai default: 256)
+    # false: no linear head, the representation is the pooling output (with `gap`, the parameter-free mean of the
+    # frame features: CPC's read-out, whose Eq. (1) never trains a head); embed_dim must then equal its size.
+    head: bool = True
     se_reduction: int = 8
     final_bn: bool = False  # batch norm on the representation (off in the reference)
 
@@ -93,7 +96,14 @@ class FastResNet34(Encoder):
             in_channels = width
         self.stages = nn.ModuleList(stages)
         self.pooling = build_pooling(cfg.pooling, widths[-1])
-        self.head = nn.Linear(self.pooling.out_dim, cfg.embed_dim)
+        if cfg.head:
+            self.head = nn.Linear(self.pooling.out_dim, cfg.embed_dim)
+        elif cfg.embed_dim != self.pooling.out_dim:
+            raise ConfigError(f"encoder.embed_dim: {cfg.embed_dim}, but with head: false the representation is the "
+                              f"{cfg.pooling} pooling output, {self.pooling.out_dim}-d here; set "
+                              f"encoder.embed_dim: {self.pooling.out_dim}")
+        else:
+            self.head = nn.Identity()
         self.final_bn = nn.BatchNorm1d(cfg.embed_dim) if cfg.final_bn else nn.Identity()
         self.embed_dim = cfg.embed_dim
         self.frame_dim = widths[-1]

@@ -42,6 +42,7 @@ class DINOConfig:
     global_views: int = 2  # G: the first G of batch.views go through the teacher (review section 4.3)
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
+    head_batch_norm: bool = False  # BN after the head's hidden layers (DINO's use_bn_in_head); off in the review
     out_dim: int = 65536  # D_e (Table 8)
     student_temperature: float = 0.1  # tau_s
     teacher_temperature: float = 0.04  # tau_t (Table 9)
@@ -101,7 +102,8 @@ class DINO(Method):
     def __init__(self, encoder, cfg: DINOConfig, info: TrainingInfo):
         super().__init__(encoder)
         self.cfg = cfg
-        self.head = DINOHead(encoder.embed_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        self.head = DINOHead(encoder.embed_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
+                             batch_norm=cfg.head_batch_norm)
         self.teacher_encoder = momentum_copy(encoder)
         self.teacher_head = momentum_copy(self.head)
         self.loss = DINOLoss(cfg.student_temperature)

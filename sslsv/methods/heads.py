@@ -72,18 +72,22 @@ class DINOHead(nn.Module):
     create a bottleneck, and a final layer is added to map l2-normalized embeddings to D_e = 65 536 units. This
     final layer uses weight normalization and is not optimized during the first epoch."
 
-    MLP in_dim -> hidden -> hidden -> bottleneck with GELU between (no BN, as DINO's default), L2 normalisation,
-    weight-normalised last layer (bottleneck -> out_dim, no bias).
+    MLP in_dim -> hidden -> hidden -> bottleneck with GELU between, L2 normalisation, weight-normalised last layer
+    (bottleneck -> out_dim, no bias). `batch_norm` puts a BN after each hidden linear layer (DINO's `use_bn_in_head`;
+    off by default, as in DINO): it standardises the hidden units over the batch, so the head's output differs
+    between samples from the first step even when the encoder's representations are still nearly constant.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, out_dim: int = 65536,
-                 num_layers: int = 3):
+                 num_layers: int = 3, batch_norm: bool = False):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(d_in, d_out))
             if i < len(dims) - 2:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(d_out))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         for layer in self.mlp:

@@ -81,3 +81,18 @@ def test_evaluates_the_teacher_and_smoke():
     history = smoke(method, lengths=(0.3, 0.3, 0.2, 0.2), batch=4)
     metrics = history[-1]
     assert 0 <= metrics["teacher_entropy"] <= math.log(64) + 1e-6 and metrics["kl_teacher_student"] >= 0
+
+
+def test_head_batch_norm_spreads_nearly_constant_representations():
+    """head_batch_norm standardises the hidden units over the batch: representations that differ by 1e-3 around a
+    common vector give clearly different head outputs, where the plain head (no BN) maps them to almost one point."""
+    from sslsv.methods.heads import DINOHead
+
+    torch.manual_seed(0)
+    y = torch.randn(1, 32) + 1e-3 * torch.randn(16, 32)
+    plain, with_bn = DINOHead(32, 64, 16, 128), DINOHead(32, 64, 16, 128, batch_norm=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in with_bn.mlp) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.mlp)
+    spread = lambda head: torch.nn.functional.normalize(head.mlp(y), dim=1).std(dim=0).mean().item()
+    assert spread(plain) < 0.01 < 0.1 < spread(with_bn)
+    assert isinstance(_method(head_batch_norm=True).head.mlp[1], torch.nn.BatchNorm1d)
