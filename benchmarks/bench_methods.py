@@ -30,8 +30,9 @@ METHODS = ["simclr", "moco", "swav", "deepcluster", "wmse", "barlow_twins", "vic
            "cpc", "supervised"]
 
 # (name, method config, overrides): the review's section 6.1 collapse cases, detected by the collapse watch. A demo
-# run has 50 steps, so the watch must react within 10 consecutive steps instead of the default 50.
-WATCH = ["collapse.patience_steps=10"]
+# run has 50 steps, so the watch must react within 10 consecutive steps instead of the default 50; every step is
+# logged, so metrics.jsonl holds exactly the values the watch saw.
+WATCH = ["collapse.patience_steps=10", "trainer.log_every_steps=1"]
 ABLATIONS = [
     ("moco_no_ema", "moco", ["method.use_momentum_encoder=false", *WATCH]),
     ("moco_high_temperature", "moco", ["method.temperature=1.0", *WATCH]),

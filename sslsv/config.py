@@ -170,6 +170,9 @@ class CollapseConfig:
     min_effective_rank: float = 1.5
     # DINO without centering: one-hot teacher (healthy teacher entropy at tau_t = 0.04 is ~0.07 nats, Table 9).
     min_teacher_entropy: float = 0.01
+    # DINO without centering, read from the batch: every sample's teacher distribution peaks on the same outputs,
+    # so the entropy of the batch's mean teacher distribution is low (healthy: the samples spread over many).
+    min_teacher_usage_entropy: float = 0.5
     # Uniform collapse: an entropy within this fraction of its maximum (log of the number of candidates /
     # prototypes, given by the method's `entropy_bounds`), e.g. MoCo without negatives -> log|Q|, DINO without
     # sharpening -> log(out_dim).

@@ -13,7 +13,8 @@ Signals (all return a 0-d tensor, computed without gradients):
   sharpening, informational collapse).
 - `kl_divergence(p_teacher, log_p_student)`: Eq. (13), mean over rows; 0 with a constant output.
 - `cluster_usage_entropy(x)`: entropy of how samples spread over clusters (assignments or soft codes); 0 means
-  every sample lands in one cluster.
+  every sample lands in one cluster. DINO logs it for its teacher probabilities (`teacher_usage_entropy`): a healthy
+  teacher is nearly one-hot per sample (Table 9) but on different outputs for different samples.
 """
 from __future__ import annotations
 
@@ -121,6 +122,11 @@ class CollapseDetector:
         if teacher is not None and teacher < cfg.min_teacher_entropy:
             found["teacher_entropy_low"] = (f"teacher entropy {teacher:.3g} < {cfg.min_teacher_entropy:g}: one-hot "
                                             f"teacher outputs (dimensional collapse; is centering on?)")
+        usage = value("teacher_usage_entropy")
+        if usage is not None and usage < cfg.min_teacher_usage_entropy:
+            found["teacher_usage_entropy"] = (f"teacher usage entropy {usage:.3g} < {cfg.min_teacher_usage_entropy:g}: "
+                                              f"every sample's teacher output peaks on the same dimensions "
+                                              f"(dimensional collapse; is centering on?)")
         for name, bound in self.entropy_bounds.items():
             v = value(name)
             if v is not None and bound > 0 and v >= cfg.max_entropy_ratio * bound:

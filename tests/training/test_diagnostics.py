@@ -56,6 +56,22 @@ def test_detector_uniform_and_one_hot_teacher_and_disabled():
     assert CollapseDetector(CollapseConfig(enabled=False, patience_steps=1)).check(0, {"embedding_std": 0.0}) is None
 
 
+def test_detector_tells_a_one_hot_healthy_teacher_from_a_dimensional_collapse():
+    """Both teachers are nearly one-hot per sample (entropy ~0.07 nats); only the collapsed one puts every sample
+    on the same output, which the usage entropy (of the batch's mean distribution) shows."""
+    logits = torch.full((64, 256), -20.0)
+    healthy, collapsed = logits.clone(), logits.clone()
+    healthy[torch.arange(64), torch.arange(64) * 4] = 0.0
+    collapsed[:, 7] = 0.0
+    detector = CollapseDetector(CollapseConfig(patience_steps=1))
+    for probabilities, flagged in ((torch.softmax(healthy, 1), False), (torch.softmax(collapsed, 1), True)):
+        metrics = {"teacher_entropy": softmax_entropy(probabilities.log()).item() + 0.07,
+                   "teacher_usage_entropy": cluster_usage_entropy(probabilities).item()}
+        message = CollapseDetector(CollapseConfig(patience_steps=1)).check(0, metrics)
+        assert (message is not None and "teacher usage entropy" in message) == flagged
+    assert detector.check(0, {"teacher_usage_entropy": math.log(64)}) is None
+
+
 def test_plot_diagnostics(tmp_path):
     lines = [{"epoch": 1, "step": s, "loss": 1.0 / s, "train/embedding_std": 0.1, "train/teacher_entropy": 0.5}
              for s in range(1, 6)]
