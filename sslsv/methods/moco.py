@@ -19,6 +19,12 @@ statistics are already global and the shuffle changes nothing but costs one wave
 State changes are separate no-grad methods called from `after_optimizer_step`: the EMA of the key encoder, then
 `update_queue` with the keys of the step. Ablation (review Figure 4a): `use_momentum_encoder: false` takes keys
 from the online encoder (stop-gradient, no EMA).
+
+Diagnostic `negative_gap` (review section 6.1: without the momentum encoder "the model exploits inconsistencies
+between recent positives and stale negatives"): mean cosine of the queries to the other utterances' keys of the
+current step minus their mean cosine to the queued keys (only the rows filled with real keys). A consistent queue
+makes both alike, so the gap stays near 0; a drifting key encoder makes every current key closer to every query
+than any stale negative, so the positive is found by the weights' age rather than the speaker.
 """
 from __future__ import annotations
 
@@ -79,6 +85,19 @@ class MoCoLoss(nn.Module):
         return F.cross_entropy(logits, target), logits.detach()
 
 
+@torch.no_grad()
+def negative_gap(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+    """Mean cos(query i, key j) over i != j of the current step minus mean cos(query, queued key).
+
+    queries, keys: (B, D), row i of both from the same utterance; queue: (Q, D) L2-normalised.
+    """
+    q, k = F.normalize(queries.detach().float(), dim=1), F.normalize(keys.detach().float(), dim=1)
+    b = len(q)
+    current = q @ k.T
+    off_diagonal = (current.sum() - current.diagonal().sum()) / (b * (b - 1))
+    return off_diagonal - (q @ queue.float().T).mean()
+
+
 @METHODS.register("moco", config=MoCoConfig)
 class MoCo(Method):
     """MoCo: contrastive with a momentum key encoder and a queue of negatives (review Eq. 3); tau 0.03, |Q| 32768."""
@@ -96,6 +115,7 @@ class MoCo(Method):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.entropy_bounds = {"contrastive_entropy": math.log(cfg.queue_size + 1)}
         self._pending_keys: torch.Tensor | None = None
+        self.keys_seen = 0  # real keys written to each view's queue so far (the rest still holds random vectors)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         if not self.cfg.use_momentum_encoder:
@@ -138,6 +158,9 @@ class MoCo(Method):
         metrics = {"accuracy": accuracy,
                    "contrastive_entropy": (softmax_entropy(logits_1) + softmax_entropy(logits_2)) / 2,
                    **method_metrics(torch.cat([q1, q2]))}
+        filled = min(self.keys_seen, self.cfg.queue_size)
+        if filled > 0 and len(q1) > 1:
+            metrics["negative_gap"] = (negative_gap(q1, k2, queue[1, :filled]) + negative_gap(q2, k1, queue[0, :filled])) / 2
         return StepOutput(loss, metrics)
 
     @torch.no_grad()
@@ -148,6 +171,14 @@ class MoCo(Method):
         rows = (int(self.queue_ptr) + torch.arange(n, device=self.queue.device)) % size
         self.queue[:, rows] = keys[:, -n:].to(self.queue.dtype)
         self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
+        self.keys_seen = min(self.keys_seen + n, size)
+
+    def extra_state(self) -> dict:
+        return {"keys_seen": self.keys_seen}
+
+    def load_extra_state(self, state: dict) -> None:
+        # A checkpoint without the count comes from a run whose queue had long been filled.
+        self.keys_seen = int(state.get("keys_seen", self.cfg.queue_size))
 
     def after_optimizer_step(self, progress: float) -> None:
         for online, ema in self.momentum_pairs():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslsv.methods.moco import MoCo, MoCoConfig, MoCoLoss
+from sslsv.methods.moco import MoCo, MoCoConfig, MoCoLoss, negative_gap
 from tests.methods.method_helpers import one_thread, random_batch, smoke, tiny_info, tiny_speaker_model  # noqa: F401
 
 
@@ -73,3 +73,30 @@ def test_smoke_two_steps():
     assert {"contrastive_entropy", "embedding_std", "effective_rank", "accuracy"} <= set(history[-1])
     assert history[-1]["contrastive_entropy"] <= math.log(21) + 1e-6
     smoke(_method(use_momentum_encoder=False), lengths=(0.25, 0.25), batch=4)
+
+
+def test_negative_gap_matches_a_plain_computation():
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    queue = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))
+    current = np.mean([cos(q[i], k[j]) for i in range(5) for j in range(5) if i != j])
+    stale = np.mean([cos(q[i], queue[j]) for i in range(5) for j in range(7)])
+    assert negative_gap(q, k, queue).item() == pytest.approx(current - stale, abs=1e-6)
+    # Current keys that all moved together, away from the queue: a large gap (what a drifting key encoder gives).
+    shift = torch.randn(1, 8, generator=g) * 10
+    assert negative_gap(q + shift, k + shift, queue).item() > 0.5
+
+
+def test_negative_gap_is_logged_once_real_keys_are_queued_and_survives_a_resume():
+    method = _method()
+    output = method(random_batch(4, (0.3, 0.3)))
+    assert "negative_gap" not in output.metrics  # the queue holds random vectors only
+    output.loss.backward()
+    method.after_optimizer_step(0.5)
+    assert method.keys_seen == 4 and "negative_gap" in method(random_batch(4, (0.3, 0.3))).metrics
+    resumed = _method()
+    resumed.load_extra_state(method.extra_state())
+    assert resumed.keys_seen == 4
+    resumed.load_extra_state({})  # checkpoints written before the count existed: a long-filled queue
+    assert resumed.keys_seen == 20
