@@ -175,8 +175,11 @@ class CollapseConfig:
     min_teacher_usage_entropy: float = 0.5
     # Uniform collapse: an entropy within this fraction of its maximum (log of the number of candidates /
     # prototypes, given by the method's `entropy_bounds`), e.g. MoCo without negatives -> log|Q|, DINO without
-    # sharpening -> log(out_dim).
-    max_entropy_ratio: float = 0.98
+    # sharpening -> log(out_dim). Not lower: a healthy MoCo demo run sits at up to 0.993 of log(|Q| + 1).
+    max_entropy_ratio: float = 0.995
+    # MoCo: queued negatives much further from the queries than the current step's other keys (cosine units), the
+    # shortcut of a drifting key encoder (no momentum encoder, section 6.1). Healthy demo runs stay below 0.01.
+    max_negative_gap: float = 0.1
     # Clustering methods: all samples in a few clusters.
     min_cluster_entropy: float = 0.5
     # Constant teacher and student outputs (null: not checked, a converged run also has a small KL).

@@ -11,6 +11,8 @@ Signals (all return a 0-d tensor, computed without gradients):
   log(number of candidates) means uniform, i.e. the negatives are indistinguishable from the positive (constant
   embeddings). DINO teacher: 0 = one-hot (no centering, dimensional collapse), log(out_dim) = uniform (no
   sharpening, informational collapse).
+- `negative_gap` (MoCo, `methods/moco.py`): mean cosine of queries to the current step's other keys minus to the
+  queued keys; near 0 with a consistent queue, large when the key encoder drifts (no momentum encoder).
 - `kl_divergence(p_teacher, log_p_student)`: Eq. (13), mean over rows; 0 with a constant output.
 - `cluster_usage_entropy(x)`: entropy of how samples spread over clusters (assignments or soft codes); 0 means
   every sample lands in one cluster. DINO logs it for its teacher probabilities (`teacher_usage_entropy`): a healthy
@@ -130,9 +132,14 @@ class CollapseDetector:
         for name, bound in self.entropy_bounds.items():
             v = value(name)
             if v is not None and bound > 0 and v >= cfg.max_entropy_ratio * bound:
-                found[f"{name}_high"] = (f"{name} {v:.3f} is within {1 - cfg.max_entropy_ratio:.0%} of its maximum "
+                found[f"{name}_high"] = (f"{name} {v:.3f} is within {1 - cfg.max_entropy_ratio:.1%} of its maximum "
                                          f"{bound:.3f}: uniform distribution (informational collapse: constant "
                                          f"embeddings, no negatives, temperature too high or no sharpening)")
+        gap = value("negative_gap")
+        if gap is not None and gap > cfg.max_negative_gap:
+            found["negative_gap"] = (f"negative gap {gap:.3f} > {cfg.max_negative_gap:g}: the queued negatives are far "
+                                     f"from every current embedding, so the positive is told apart by the age of the "
+                                     f"keys, not the speaker (drifting key encoder; is the momentum encoder on?)")
         clusters = value("cluster_entropy")
         if clusters is not None and clusters < cfg.min_cluster_entropy:
             found["cluster_entropy"] = (f"cluster usage entropy {clusters:.3f} < {cfg.min_cluster_entropy:g}: "

@@ -56,6 +56,14 @@ def test_detector_uniform_and_one_hot_teacher_and_disabled():
     assert CollapseDetector(CollapseConfig(enabled=False, patience_steps=1)).check(0, {"embedding_std": 0.0}) is None
 
 
+def test_detector_flags_stale_moco_negatives():
+    detector = CollapseDetector(CollapseConfig(patience_steps=3))
+    # Measured on the demo corpus: healthy MoCo 0.0002-0.006, MoCo without the momentum encoder 0.26-0.37.
+    assert all(detector.check(step, {"negative_gap": 0.006}) is None for step in range(5))
+    messages = [detector.check(step, {"train/negative_gap": 0.3}) for step in range(5, 8)]
+    assert messages[:2] == [None, None] and "momentum encoder" in messages[2]
+
+
 def test_detector_tells_a_one_hot_healthy_teacher_from_a_dimensional_collapse():
     """Both teachers are nearly one-hot per sample (entropy ~0.07 nats); only the collapsed one puts every sample
     on the same output, which the usage entropy (of the batch's mean distribution) shows."""
