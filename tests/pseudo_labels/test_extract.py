@@ -1,4 +1,7 @@
-"""Extraction: shard files, resumption after a lost shard, full-length vs crops, refusal to mix extractions."""
+"""Extraction: shard files, resumption after a lost shard, full-length vs crops, refusal to mix extractions, and
+two gloo ranks splitting the shards (torchrun)."""
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,49 @@ def test_crops_and_mixing_is_refused(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="another extraction"):
         extract_representations(Energy(), manifest, tiny_data, tmp_path / "a", ExtractionConfig(shard_size=5),
                                 16000, torch.device("cpu"), False)
+
+
+def _sharded_worker(rank: int, port: int, data_root: str, out: str, log: str) -> None:
+    """One torchrun-like gloo rank: extracts its shards (rank, rank + W, ...) and records which it computed."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    real = embeddings.extract_embeddings
+    computed = []
+
+    def recording(model, paths, *args, **kwargs):
+        computed.append([Path(p).name for p in paths])
+        return real(model, paths, *args, **kwargs)
+
+    embeddings.extract_embeddings = recording
+    manifest = read_manifest(Path(data_root) / "tiny/train.csv")
+    cfg = ExtractionConfig(shard_size=7, batch_seconds=5, num_workers=0)
+    x = extract_representations(Energy(), manifest, data_root, out, cfg, 16000, torch.device("cpu"), progress=False)
+    Path(log.replace(".json", f"{rank}.json")).write_text(json.dumps({"computed": computed, "x": np.array(x).tolist()}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_ranks_split_the_shards_and_merge_the_same_matrix(tiny_data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    manifest = read_manifest(Path(tiny_data) / "tiny/train.csv")
+    cfg = ExtractionConfig(shard_size=7, batch_seconds=5, num_workers=0)
+    single = np.array(extract_representations(Energy(), manifest, tiny_data, tmp_path / "one", cfg, 16000,
+                                              torch.device("cpu"), progress=False))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = str(tmp_path / "rank.json")
+    mp.spawn(_sharded_worker, args=(port, str(tiny_data), str(tmp_path / "two"), log), nprocs=2)
+    ranks = [json.loads(Path(log.replace(".json", f"{r}.json")).read_text()) for r in range(2)]
+    names = [Path(f).name for f in manifest.files]
+    # 24 utterances in shards of 7: rank 0 computes shards 0 and 2, rank 1 shards 1 and 3, nothing twice.
+    assert ranks[0]["computed"] == [names[0:7], names[14:21]]
+    assert ranks[1]["computed"] == [names[7:14], names[21:24]]
+    for rank in ranks:  # both ranks read the merged matrix, equal to one process's
+        np.testing.assert_allclose(np.array(rank["x"]), single, rtol=1e-6)
