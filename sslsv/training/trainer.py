@@ -98,8 +98,13 @@ class Trainer:
         distributed.init_distributed(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
-        if restart and self.main and self.checkpoint_dir.exists():
-            shutil.rmtree(self.checkpoint_dir)
+        if restart and self.main:
+            # The old run's logs go with its checkpoints: appended to, they would mix two runs in one metrics file
+            # (and in `sslsv diagnostics` plots and the collapse report).
+            for old in (self.checkpoint_dir, self.run_dir / "tensorboard"):
+                if old.exists():
+                    shutil.rmtree(old)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
 
         cfg = config.trainer

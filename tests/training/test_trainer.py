@@ -45,6 +45,20 @@ def test_trains_checkpoints_and_averages(corpus, tmp_path):
     assert saved.to_dict()["trainer"] == config.to_dict()["trainer"]
 
 
+def test_restart_drops_the_old_runs_logs(corpus, tmp_path):
+    run = tmp_path / "run"
+    config = load_config(CONFIG, tiny_overrides(corpus, run, **{"trainer.epochs": 1, "augmentation.strategy": "none"}))
+    Trainer(config).fit()
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    stale = run / "tensorboard" / "events.out.tfevents.stale"
+    stale.write_text("")
+    Trainer(config, restart=True).fit()
+    # One run's lines, not two runs appended: the same count, steps counted from 1 again.
+    again = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(again) == len(first) and json.loads(again[0])["step"] == json.loads(first[0])["step"]
+    assert not stale.exists()
+
+
 def test_resume_after_sigkill_is_bit_identical(corpus, tmp_path):
     common = tiny_overrides(corpus, "RUN", **{"trainer.epochs": 3, "trainer.checkpoint_every_steps": 1})
     reference = tmp_path / "reference"
