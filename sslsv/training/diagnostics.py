@@ -181,9 +181,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{number}: not a JSON record") from None
+        step = record.get("step")
+        if step is not None and records and step < records[-1].get("step", step):
+            # A resumed run starts again after its last checkpoint: the interrupted run's lines from that step on
+            # were superseded, so keep only the resumed run's.
+            records = [r for r in records if r.get("step", -1) < step]
+        records.append(record)
     return records
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sslsv.training.diagnostics import (CollapseConfig, CollapseDetector, cluster_usage_entropy, effective_rank,
-                                        embedding_std, kl_divergence, plot_diagnostics, softmax_entropy)
+                                        embedding_std, kl_divergence, plot_diagnostics, read_metrics,
+                                        softmax_entropy)
 
 
 def test_effective_rank_identity_like_vs_rank_one():
@@ -88,3 +89,12 @@ def test_plot_diagnostics(tmp_path):
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError):
         plot_diagnostics(tmp_path / "missing")
+
+
+def test_read_metrics_keeps_the_resumed_runs_lines(tmp_path):
+    # Interrupted after step 4 with a checkpoint at step 2; the resumed run logs steps 3 and 4 again.
+    lines = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "val/eer": 40.0},
+             {"step": 3, "loss": 9.0}, {"step": 4, "loss": 8.0}, {"step": 3, "loss": 3.0}, {"step": 4, "loss": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    records = read_metrics(tmp_path)
+    assert [(r["step"], r.get("loss")) for r in records] == [(1, 5.0), (2, 4.0), (2, None), (3, 3.0), (4, 2.0)]
