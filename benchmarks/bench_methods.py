@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sslsv.training.diagnostics import read_metrics  # noqa: E402  (after the path insert)
+
 METHODS = ["simclr", "moco", "swav", "deepcluster", "wmse", "barlow_twins", "vicreg", "byol", "simsiam", "dino",
            "cpc", "supervised"]
 
@@ -63,10 +65,9 @@ def train(name: str, method: str, overrides: list[str], epochs: int | None) -> t
 
 
 def collapse_messages(run_dir: Path) -> list[str]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    if not (run_dir / "metrics.jsonl").exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records = read_metrics(run_dir)
     return list(dict.fromkeys(r["collapse"] for r in records if "collapse" in r))  # in order of appearance
 
 
@@ -82,8 +83,7 @@ def short_detail(detail: str) -> str:
 
 
 def last_signals(run_dir: Path) -> str:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "loss" in r]
+    train = [r for r in read_metrics(run_dir) if "loss" in r]
     if not train:
         return ""
     keys = ("train/embedding_std", "train/contrastive_entropy", "train/teacher_entropy", "train/cluster_entropy")
