@@ -173,6 +173,12 @@ class CollapseConfig:
     # DINO without centering, read from the batch: every sample's teacher distribution peaks on the same outputs,
     # so the entropy of the batch's mean teacher distribution is low (healthy: the samples spread over many).
     min_teacher_usage_entropy: float = 0.5
+    # DINO without centering, on the way to one-hot: the teacher has sharpened (its entropy is at most
+    # `teacher_sharpened_fraction` of log(out_dim)) but identically for every sample, i.e. the information its output
+    # carries about the sample, usage entropy - per-sample entropy, is under `min_teacher_information_ratio` of the
+    # nats it has lost from uniform, log(out_dim) - teacher entropy (near 1 for a healthy one-hot teacher).
+    teacher_sharpened_fraction: float = 0.75
+    min_teacher_information_ratio: float = 0.05
     # Uniform collapse: an entropy within this fraction of its maximum (log of the number of candidates /
     # prototypes, given by the method's `entropy_bounds`), e.g. MoCo without negatives -> log|Q|, DINO without
     # sharpening -> log(out_dim). Not lower: a healthy MoCo demo run sits at up to 0.993 of log(|Q| + 1).
@@ -190,6 +196,8 @@ class CollapseConfig:
             raise ConfigError("collapse.patience_steps: must be at least 1")
         if not 0 < self.max_entropy_ratio <= 1:
             raise ConfigError("collapse.max_entropy_ratio: must be in (0, 1]")
+        if not 0 < self.teacher_sharpened_fraction < 1:
+            raise ConfigError("collapse.teacher_sharpened_fraction: must be in (0, 1)")
 
 
 @dataclass

@@ -23,10 +23,11 @@ from sslsv.registry import ENCODERS, POOLINGS
 class FastResNet34Config:
     base_width: int = 16  # widths are base, 2x, 4x, 8x
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
-    pooling: str = "sap"  # any registered pooling: sap, asp, stats, gap
+    pooling: str = "sap"  # any registered pooling: sap, asp, stats, gap, gru, ...
     embed_dim: int = 512  # review, section 4.3 (clovaai default: 256)
-    # false: no linear head, the representation is the pooling output (with `gap`, the parameter-free mean of the
-    # frame features: CPC's read-out, whose Eq. (1) never trains a head); embed_dim must then equal its size.
+    # false: no linear head, the representation is the pooling output (with `gru`, the last state of CPC's
+    # aggregator, which Eq. (1) trains; with `gap`, the parameter-free mean of the frames); embed_dim must then
+    # equal its size.
     head: bool = True
     se_reduction: int = 8
     final_bn: bool = False  # batch norm on the representation (off in the reference)

@@ -9,6 +9,9 @@ from `(in_dim)` alone (further arguments have defaults) and exposes `out_dim`.
   the paper). 2C out.
 - lde: learnable dictionary encoding (Cai, Chen, Li, Odyssey 2018, arXiv 1804.05160; used by the FPM
   paper, ../shared/papers/fpm_multiscale.txt, section 4). K*C out.
+- gru: the last state of a unidirectional GRU over the frames (256 units). CPC's autoregressive aggregator g_phi
+  is this layer when the encoder uses it, so that the context CPC trains is the representation that is evaluated
+  and exported (as theolepage/sslsv, whose CPC embeds an utterance as its aggregator's last state).
 """
 from __future__ import annotations
 
@@ -82,6 +85,23 @@ class GlobalAveragePooling(Pooling):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=2)
+
+
+@POOLINGS.register("gru")
+class RecurrentPooling(Pooling):
+    """Last hidden state of a one-layer GRU read over time -> hidden_dim (default 256, CPC's g_phi, review 4.3)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        self.gru = nn.GRU(in_dim, hidden_dim, batch_first=True)
+        self.out_dim = hidden_dim
+
+    def contexts(self, sequence: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) frames -> (B, T, H) states z^(1..T): z^(t) has read frames 1..t only."""
+        return self.gru(sequence)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.contexts(x.transpose(1, 2))[:, -1]
 
 
 def _weighted_mean_std(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

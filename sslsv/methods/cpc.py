@@ -5,17 +5,23 @@ Review (../shared/papers/ssl_sv_review.txt), section 2.1.1, Eq. (1):
     L_CPC = -1/(B T) sum_i sum_{t=t0+1..T} log( l(p_i^(t), y_i^(t)) / sum_{j in B} l(p_i^(t), y_j^(t)) ),
     l(a, b) = exp(cos(a, b) / tau)
 
-y_i^(t): frame-level encoder outputs (`SpeakerModel.forward_frames`, (B, C, T)); an autoregressive aggregator g_phi
-(GRU, 256) reads y^(1..t0) and its last state z^(t0) is mapped by one linear predictor per future step
-(h_psi) to p^(t0+k), k = 1..4 (t0 = T - 4). Negatives: the other utterances' frames at the same time step.
-Settings (section 4.3): GRU 256, 4 predicted steps, tau = 1.0. Every view of the batch is an independent
-sequence; the loss is averaged over views, predicted steps and utterances (the 1/T of Eq. (1) counts the
-predicted steps). Distributed: targets are gathered from every rank with gradients, so negatives come from the
-global batch (rank-shifted labels, as SimCLR).
+y_i^(t), y'_i^(t): frame-level encoder outputs (`SpeakerModel.forward_frames`, (B, C, T)) of the anchor x_i and of
+the positive x'_i (two crops of one utterance); an autoregressive aggregator g_phi (GRU, 256) reads y^(1..t0) and
+its last state z^(t0) is mapped by one linear predictor per future step (h_psi) to p^(t0+k), k = 1..4 (t0 = T - 4).
+Targets: the review defines y' from x' for Eq. (1); as in theolepage/sslsv, the targets are the *positive's* last
+4 frames y'^(t0+k) (`cross_view: true`), so the context must carry what the two crops share (the speaker and the
+channel) rather than the next phones of its own crop. The loss is computed in both directions (anchor -> positive,
+positive -> anchor) and averaged; `cross_view: false` predicts each view's own future instead. Negatives: the
+other utterances' frames at the same step. Settings (section 4.3): GRU 256, 4 predicted steps, tau = 1.0.
+Distributed: targets are gathered from every rank with gradients, so negatives come from the global batch
+(rank-shifted labels, as SimCLR).
 
-Limitation: CPC trains the frame-level layers only; the encoder's pooling and output layer get no gradient from
-Eq. (1) and stay at their initialisation, yet they produce the evaluated representation. A zero-weighted sum of
-the encoder's parameters keeps them in the graph so that DDP does not fail on unused parameters.
+Read-out: with `encoder.pooling: gru` (the shipped configs) g_phi *is* the encoder's pooling, and the evaluated
+representation is its last state over the whole utterance (theolepage/sslsv embeds with `aggregator(encoder(x))`).
+With any other pooling, CPC trains a GRU of its own and the encoder's pooling and head get no gradient from
+Eq. (1): they keep their initialisation yet produce the evaluated representation (with `gap` and no head: the
+parameter-free mean of the frames). A zero-weighted sum of the encoder's parameters keeps them all in the graph
+so that DDP does not fail on unused parameters.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.encoders.pooling import RecurrentPooling
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
 from sslsv.registry import METHODS
 from sslsv.training import distributed
 from sslsv.training.diagnostics import method_metrics, softmax_entropy
@@ -37,6 +44,7 @@ class CPCConfig:
     aggregator_dim: int = 256  # GRU hidden size, review section 4.3
     prediction_steps: int = 4  # T - t0
     temperature: float = 1.0  # tau
+    cross_view: bool = True  # targets: the positive view's future frames (y'); false: each view's own
 
     def __post_init__(self) -> None:
         if self.prediction_steps < 1 or self.aggregator_dim < 1:
@@ -79,22 +87,41 @@ class CPC(Method):
         if frame_dim is None:
             raise ConfigError(f"method.name: cpc needs an encoder with frame-level outputs and a `frame_dim` "
                               f"({type(encoder.encoder).__name__} has none)")
-        self.aggregator = nn.GRU(frame_dim, cfg.aggregator_dim, batch_first=True)
+        pooling = getattr(encoder.encoder, "pooling", None)
+        if isinstance(pooling, RecurrentPooling):
+            if pooling.out_dim != cfg.aggregator_dim:
+                raise ConfigError(f"method.aggregator_dim: {cfg.aggregator_dim}, but the encoder's gru pooling, which "
+                                  f"is CPC's aggregator, has {pooling.out_dim} units")
+            self.aggregator = None  # g_phi is the encoder's pooling: what Eq. (1) trains is what is evaluated
+        else:
+            self.aggregator = RecurrentPooling(frame_dim, cfg.aggregator_dim)
         self.predictors = nn.ModuleList(nn.Linear(cfg.aggregator_dim, frame_dim) for _ in range(cfg.prediction_steps))
         self.loss = CPCLoss(cfg.temperature)
 
-    def _predict(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """frames (B, C, T) -> predictions (B, K, C), targets (B, K, C), context z^(t0) (B, H)."""
-        steps = self.cfg.prediction_steps
-        if frames.shape[2] <= steps:
-            raise ValueError(f"cpc: {frames.shape[2]} frames, need more than {steps} (use longer views)")
-        sequence = frames.transpose(1, 2)  # (B, T, C)
-        context, _ = self.aggregator(sequence[:, :-steps])  # (B, t0, H)
-        z = context[:, -1]  # (B, H)
-        predictions = torch.stack([head(z) for head in self.predictors], dim=1)  # (B, K, C)
-        return predictions, sequence[:, -steps:], z
+    @property
+    def context_network(self) -> RecurrentPooling:
+        """g_phi: the encoder's gru pooling, or CPC's own GRU when the encoder pools otherwise."""
+        return self.aggregator if self.aggregator is not None else self.encoder.encoder.pooling
 
-    def forward(self, batch: Batch) -> StepOutput:
+    def _predict(self, frames: torch.Tensor, target_frames: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Context from frames (B, C, T) up to t0 = T - K; targets: the last K frames of target_frames (B, C, T')
+        (the positive view; default `frames` itself). Returns predictions (B, K, C), targets (B, K, C), z^(t0)."""
+        steps = self.cfg.prediction_steps
+        target_frames = frames if target_frames is None else target_frames
+        for name, f in (("context", frames), ("target", target_frames)):
+            if f.shape[2] <= steps:
+                raise ValueError(f"cpc: {f.shape[2]} {name} frames, need more than {steps} (use longer views)")
+        z = self.context_network.contexts(frames.transpose(1, 2)[:, :-steps])[:, -1]  # (B, H)
+        predictions = torch.stack([head(z) for head in self.predictors], dim=1)  # (B, K, C)
+        return predictions, target_frames.transpose(1, 2)[:, -steps:], z
+
+    def _frames(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(context frames, target frames) pairs: both directions between the first two views, or every view with
+        itself (cross_view false)."""
+        if self.cfg.cross_view:
+            f1, f2 = encode_pair(self.encoder.forward_frames, *two_views(batch, "cpc"))
+            return [(f1, f2), (f2, f1)]
         groups, start, views = [], 0, batch.views
         while start < len(views):  # one encoder pass per run of equal-length views
             end = start + 1
@@ -102,15 +129,18 @@ class CPC(Method):
                 end += 1
             groups.extend(self.encoder.forward_frames(torch.cat(views[start:end])).chunk(end - start))
             start = end
+        return [(f, f) for f in groups]
+
+    def forward(self, batch: Batch) -> StepOutput:
         losses, entropies, contexts = [], [], []
-        for frames in groups:
-            predictions, targets, z = self._predict(frames)
+        for frames, target_frames in self._frames(batch):
+            predictions, targets, z = self._predict(frames, target_frames)
             loss, logits = self.loss(predictions, targets)
             losses.append(loss)
             entropies.append(softmax_entropy(logits.flatten(0, 1)))
             contexts.append(z)
         loss = torch.stack(losses).mean()
-        # Keep every encoder parameter in the graph (pooling and head are unused by Eq. 1), for DDP.
+        # Keep every encoder parameter in the graph (a non-recurrent pooling and the head are unused by Eq. 1), for DDP.
         loss = loss + 0.0 * sum(p.sum() for p in self.encoder.parameters() if p.requires_grad)
         metrics = {"contrastive_entropy": torch.stack(entropies).mean(), **method_metrics(torch.cat(contexts))}
         return StepOutput(loss, metrics)

@@ -129,6 +129,15 @@ class CollapseDetector:
             found["teacher_usage_entropy"] = (f"teacher usage entropy {usage:.3g} < {cfg.min_teacher_usage_entropy:g}: "
                                               f"every sample's teacher output peaks on the same dimensions "
                                               f"(dimensional collapse; is centering on?)")
+        bound = self.entropy_bounds.get("teacher_entropy")
+        if teacher is not None and usage is not None and bound and teacher <= cfg.teacher_sharpened_fraction * bound:
+            # usage - teacher = I(sample; output) over the batch (>= 0); bound - teacher = nats lost from uniform.
+            ratio = max(usage - teacher, 0.0) / (bound - teacher)
+            if ratio < cfg.min_teacher_information_ratio:
+                found["teacher_information"] = (
+                    f"teacher entropy {teacher:.3g} of {bound:.3g} but usage entropy {usage:.3g}: the teacher sharpens "
+                    f"the same way for every sample ({ratio:.1%} of its sharpening tells samples apart < "
+                    f"{cfg.min_teacher_information_ratio:.0%}; dimensional collapse under way, is centering on?)")
         for name, bound in self.entropy_bounds.items():
             v = value(name)
             if v is not None and bound > 0 and v >= cfg.max_entropy_ratio * bound:

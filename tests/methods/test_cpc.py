@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from sslsv.config import ConfigError, FeaturesConfig, Spec
+from sslsv.encoders.base import build_speaker_model
+from sslsv.encoders.fast_resnet34 import FastResNet34Config
 from sslsv.methods.cpc import CPC, CPCConfig, CPCLoss
 from tests.methods.method_helpers import one_thread, random_batch, smoke, tiny_info, tiny_speaker_model  # noqa: F401
 
@@ -31,7 +34,7 @@ def test_loss_matches_equation_1(batch, steps, dim, tau):
 
 def test_predicts_the_last_steps_from_the_past():
     method = CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=8), tiny_info())
-    frames = torch.randn(3, method.aggregator.input_size, 12)
+    frames = torch.randn(3, method.aggregator.gru.input_size, 12)
     predictions, targets, context = method._predict(frames)
     assert predictions.shape == (3, 4, frames.shape[1]) and context.shape == (3, 8)
     assert torch.equal(targets, frames[:, :, -4:].transpose(1, 2))
@@ -40,6 +43,35 @@ def test_predicts_the_last_steps_from_the_past():
     assert torch.equal(method._predict(changed)[2], context)
     with pytest.raises(ValueError, match="frames"):
         method._predict(torch.randn(3, frames.shape[1], 4))
+
+
+def test_cross_view_targets_are_the_positive_views_future():
+    method = CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=8), tiny_info())
+    frames, positive = torch.randn(3, method.aggregator.gru.input_size, 12), torch.randn(3, 16, 9)
+    predictions, targets, context = method._predict(frames, positive)
+    assert torch.equal(targets, positive[:, :, -4:].transpose(1, 2))
+    assert torch.equal(context, method._predict(frames)[2])  # the context reads the anchor only
+    pairs = method._frames(random_batch(batch=3, lengths=(0.3, 0.3)))
+    assert len(pairs) == 2 and pairs[0][0] is pairs[1][1] and pairs[0][1] is pairs[1][0]  # both directions
+    own = CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=8, cross_view=False), tiny_info())
+    assert all(a is b for a, b in own._frames(random_batch(batch=3, lengths=(0.3, 0.3))))
+
+
+def test_gru_pooling_is_the_aggregator_and_the_evaluated_read_out():
+    torch.manual_seed(0)
+    model = build_speaker_model(Spec("fast_resnet34", FastResNet34Config(base_width=4, pooling="gru", head=False,
+                                                                         embed_dim=256)), FeaturesConfig(n_mels=24))
+    method = CPC(model, CPCConfig(), tiny_info())
+    assert method.aggregator is None and method.context_network is model.encoder.pooling
+    assert not any(name.startswith("aggregator") for name, _ in method.named_parameters())
+    wave = 0.1 * torch.randn(2, 8000)
+    frames = model.forward_frames(wave)
+    assert torch.allclose(model(wave), method.context_network.contexts(frames.transpose(1, 2))[:, -1])
+    history = smoke(method, lengths=(0.3, 0.3), batch=4)  # Eq. (1) trains the pooling that embeds utterances
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.pooling.parameters())
+    assert history
+    with pytest.raises(ConfigError, match="method.aggregator_dim"):
+        CPC(model, CPCConfig(aggregator_dim=128), tiny_info())
 
 
 def test_smoke_two_steps():

@@ -98,3 +98,21 @@ def test_read_metrics_keeps_the_resumed_runs_lines(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     records = read_metrics(tmp_path)
     assert [(r["step"], r.get("loss")) for r in records] == [(1, 5.0), (2, 4.0), (2, None), (3, 3.0), (4, 2.0)]
+
+
+def test_detector_flags_a_teacher_that_sharpens_alike_for_every_sample():
+    """DINO without centering before one-hot: every sample's teacher is the same sharpened distribution."""
+    bound = math.log(4096)
+    same = torch.softmax(torch.linspace(0, 30, 4096).expand(64, -1), dim=1)  # one distribution for all samples
+    spread = torch.softmax(torch.randn(64, 4096) * 4, dim=1)  # as sharp, different per sample
+    for probabilities, flagged in ((same, True), (spread, False)):
+        metrics = {"teacher_entropy": softmax_entropy(probabilities.log()).item(),
+                   "teacher_usage_entropy": cluster_usage_entropy(probabilities).item()}
+        assert metrics["teacher_entropy"] < 0.75 * bound
+        detector = CollapseDetector(CollapseConfig(patience_steps=2), {"teacher_entropy": bound})
+        messages = [detector.check(step, metrics) for step in range(2)]
+        assert (messages[1] is not None and "same way for every sample" in messages[1]) == flagged
+    # Measured on the demo corpus, centering on (tau_t 0.07, step 1): entropy 7.92, usage 7.92 of 8.32: not yet
+    # sharpened enough to judge.
+    assert CollapseDetector(CollapseConfig(patience_steps=1), {"teacher_entropy": bound}).check(
+        0, {"teacher_entropy": 7.915, "teacher_usage_entropy": 7.921}) is None
