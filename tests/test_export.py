@@ -52,3 +52,16 @@ def test_average_checkpoints(run_dir, tmp_path):
         last_epoch_weights(run_dir, 5)
     with pytest.raises(ExportError, match="not found: .*nope.pt"):
         average_checkpoints([tmp_path / "nope.pt"], tmp_path / "x.pt")
+
+
+def test_onnx_export_of_a_gru_pooled_encoder(tmp_path):
+    """CPC's read-out option (encoder.pooling: gru): the recurrent pooling exports and matches PyTorch."""
+    from sslsv.config import FeaturesConfig, Spec
+    from sslsv.encoders.base import build_speaker_model
+    from sslsv.encoders.fast_resnet34 import FastResNet34Config
+
+    torch.manual_seed(0)
+    spec = Spec("fast_resnet34", FastResNet34Config(base_width=4, pooling="gru", head=False, embed_dim=256))
+    model = build_speaker_model(spec, FeaturesConfig(n_mels=24)).eval()
+    path = export_onnx(model, tmp_path / "gru.onnx", 16000, check=False)
+    assert verify_onnx(model, path, 16000) <= 1e-4
