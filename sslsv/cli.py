@@ -84,7 +84,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                "--crop-seconds 4 --compare models/dino/ecapa")
     parser.add_argument("run", nargs="?", help="run directory (default: the most recent run under models/)")
     parser.add_argument("--trials", nargs="+", help="trial-set names (vox1_O vox1_E vox1_H demo) or trial files")
-    parser.add_argument("--last", action="store_true", help="use the last epoch's weights instead of the average")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--last", action="store_true", help="use the last epoch's weights instead of the average")
+    weights.add_argument("--best", action="store_true",
+                         help="use model_best.pt, the weights of the best validation score (trainer.tracked_metric)")
     parser.add_argument("--random-baseline", action="store_true",
                         help="also evaluate the same encoder with its random initial weights")
     parser.add_argument("--device", default="auto")
@@ -117,7 +120,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         run_dir = args.run or latest_run()
         print(f"evaluating {run_dir}")
         evaluate_run(run_dir, args.trials, use_average=False if args.last else None, device=args.device,
-                     random_baseline=args.random_baseline, backends=backends, compare=args.compare)
+                     random_baseline=args.random_baseline, backends=backends, compare=args.compare, best=args.best)
 
     return _run(run)
 

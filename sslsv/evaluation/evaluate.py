@@ -61,8 +61,15 @@ def load_run_config(run_dir: str | Path) -> Config:
         raise RunError(f"{path}: {error}") from None
 
 
-def run_weights(run_dir: str | Path, use_average: bool = True) -> Path:
+def run_weights(run_dir: str | Path, use_average: bool = True, best: bool = False) -> Path:
+    """The weights to evaluate: model_best.pt (best: the best validation score, saved by the trainer), else
+    model_avg.pt (use_average), model.pt, or the newest epoch's weights."""
     run_dir = Path(run_dir)
+    if best:
+        if not (run_dir / "model_best.pt").exists():
+            raise RunError(f"{run_dir / 'model_best.pt'} is missing: the trainer saves it at each validation that "
+                           f"improves trainer.tracked_metric (set trainer.validation_trials and validate_every)")
+        return run_dir / "model_best.pt"
     order = (["model_avg.pt"] if use_average else []) + ["model.pt"]
     for name in order:
         if (run_dir / name).exists():
@@ -74,14 +81,14 @@ def run_weights(run_dir: str | Path, use_average: bool = True) -> Path:
 
 
 def load_model(run_dir: str | Path, use_average: bool = True, device: str | torch.device = "cpu",
-               random_weights: bool = False) -> tuple[SpeakerModel, Config, str]:
+               random_weights: bool = False, best: bool = False) -> tuple[SpeakerModel, Config, str]:
     """The run's embedding model in eval mode, its config, and which weights were loaded."""
     config = load_run_config(run_dir)
     torch.manual_seed(config.trainer.seed)  # the random-weights baseline is the run's own initialisation
     model = build_speaker_model(config.encoder, config.features)
     source = "random weights"
     if not random_weights:
-        path = run_weights(run_dir, use_average)
+        path = run_weights(run_dir, use_average, best)
         state = load_checkpoint(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -281,7 +288,7 @@ def run_label(run_dir: str | Path) -> str:
 def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use_average: bool | None = None,
                  device: str = "auto", random_baseline: bool = False, progress: bool = True,
                  backends: Backends | None = None, compare: list[str | Path] | None = None,
-                 plots: bool = True) -> dict:
+                 plots: bool = True, best: bool = False) -> dict:
     """Evaluate a run on each trial list and write its outputs; returns the updated results.json content.
 
     Writes, per trial list <t> (file-name-safe, see slug) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
@@ -290,7 +297,8 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     suffix), det_<t>.png (every system and back-end), hist_<t>.png (target / non-target score histograms) and,
     with `compare`, det_<t>_compare.png with this run's and the other runs' curves. The other runs are scored
     with the same back-ends (each with its own training cohort) but nothing is written into their folders.
-    plots=False skips the figures (score files and results.json are still written).
+    plots=False skips the figures (score files and results.json are still written). best=True evaluates
+    model_best.pt (the best validation score) instead; every results.json entry names its weights file.
     """
     run_dir = Path(run_dir)
     backends = backends or Backends()
@@ -319,7 +327,7 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     for name in names:
         curves, histograms, compared = {}, {}, {}
         for label, random_weights in systems.items():
-            model, config, source = load_model(run_dir, average, torch_device, random_weights)
+            model, config, source = load_model(run_dir, average, torch_device, random_weights, best)
             trials, scores, info = score_backends(model, name, config, torch_device, backends,
                                                   cohort_of(run_dir, random_weights, model, config), progress)
             suffix = "" if not random_weights else "_random"
@@ -341,7 +349,7 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
             plot_score_histograms(histograms, run_dir / f"hist_{slug(name)}.png")
         if compare:
             for other in compare:
-                model, other_config, _ = load_model(other, average, torch_device)
+                model, other_config, _ = load_model(other, average, torch_device, best=best)
                 trials, scores, _ = score_backends(model, name, other_config, torch_device, backends,
                                                    cohort_of(other, False, model, other_config), progress)
                 for backend, values in scores.items():

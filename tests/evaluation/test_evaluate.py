@@ -35,6 +35,24 @@ def test_evaluate_run_writes_every_output(run, capsys):
     assert results == stored
 
 
+def test_best_weights_are_model_best(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model_best.pt").unlink(missing_ok=True)
+    with pytest.raises(RunError, match="model_best.pt is missing"):
+        load_model(copy, best=True)
+    shutil.copy(copy / "model.pt", copy / "model_best.pt")
+    assert load_model(copy, best=True)[2].endswith("model_best.pt")
+    results = evaluate_run(copy, ["tiny/trials.txt"], best=True, progress=False, plots=False)
+    assert results["test/tiny_trials"]["weights"].endswith("model_best.pt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    both = subprocess.run([sys.executable, "evaluate.py", str(copy), "--best", "--last"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
 def test_latest_run_and_missing_run(run, tmp_path):
     assert latest_run(run.parent.parent) == run
     with pytest.raises(RunError, match="no trained run"):
