@@ -16,12 +16,13 @@ other utterances' frames at the same step. Settings (section 4.3): GRU 256, 4 pr
 Distributed: targets are gathered from every rank with gradients, so negatives come from the global batch
 (rank-shifted labels, as SimCLR).
 
-Read-out: with `encoder.pooling: gru` (the shipped configs) g_phi *is* the encoder's pooling, and the evaluated
+Read-out: the shipped Fast ResNet-34 configs evaluate the parameter-free mean of the frames (`gap`, no head),
+which the cross-view targets train. With `encoder.pooling: gru`, g_phi *is* the encoder's pooling, and the evaluated
 representation is its last state over the whole utterance (theolepage/sslsv embeds with `aggregator(encoder(x))`).
-With any other pooling, CPC trains a GRU of its own and the encoder's pooling and head get no gradient from
-Eq. (1): they keep their initialisation yet produce the evaluated representation (with `gap` and no head: the
-parameter-free mean of the frames). A zero-weighted sum of the encoder's parameters keeps them all in the graph
-so that DDP does not fail on unused parameters.
+With any other pooling, CPC trains a GRU of its own, and a parametric pooling or head gets no gradient from
+Eq. (1): it keeps its initialisation yet produces the evaluated representation (ECAPA-TDNN's ASTP and head). A
+zero-weighted sum of the encoder's parameters keeps them all in the graph so that DDP does not fail on unused
+parameters.
 """
 from __future__ import annotations
 
