@@ -304,10 +304,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Config:
-    """Load, merge, override and validate a config. Registries must be populated (sslsv.registry.load_all)."""
-    from sslsv.registry import load_all
-
-    load_all()
+    """Load, merge, override and validate a config (the registries discover their units on the first lookup)."""
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
     raw = apply_overrides(raw, overrides or [])
     config = build_config(raw)
