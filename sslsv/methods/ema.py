@@ -10,6 +10,7 @@ student's statistics instead (e.g. a teacher that is only ever run in eval mode)
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -45,3 +46,9 @@ def copy_buffers(online: nn.Module, ema: nn.Module) -> None:
     """Copy buffers (BN running statistics) from `online` into `ema`."""
     for b_online, b_ema in zip(online.buffers(), ema.buffers()):
         b_ema.copy_(b_online)
+
+
+def cosine_schedule(progress: float, start: float, end: float) -> float:
+    """Cosine ramp from `start` (progress 0) to `end` (progress 1), e.g. EMA momentum 0.996 -> 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2

@@ -60,30 +60,3 @@ def filter_labels(labels: np.ndarray, confidence: np.ndarray, cfg: FilteringConf
         "clusters_after": int(len(np.unique(labels[keep]))) if keep.any() else 0,
     }
     return keep, counts
-
-
-def fit_loss_gate(losses: np.ndarray, seed: int = 0, resolution: int = 4097) -> float:
-    """Dynamic loss-gate threshold from per-sample losses (2-component GMM, DLG).
-
-    Args:
-        losses: (N,) per-sample losses of the previous epoch (NaN entries ignored).
-    Returns:
-        The loss above which a sample is more likely to belong to the high-loss component; +inf (keep everything)
-        when fewer than 10 finite losses are given or the two components coincide.
-    """
-    from sklearn.mixture import GaussianMixture
-
-    values = np.asarray(losses, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) < 10 or np.ptp(values) <= 1e-12:
-        return float("inf")
-    gmm = GaussianMixture(n_components=2, covariance_type="full", random_state=seed, max_iter=200, tol=1e-5)
-    gmm.fit(values[:, None])
-    means = gmm.means_[:, 0]
-    low, high = int(np.argmin(means)), int(np.argmax(means))
-    if means[high] - means[low] <= 1e-9:
-        return float("inf")
-    grid = np.linspace(means[low], means[high], resolution)
-    posterior_high = gmm.predict_proba(grid[:, None])[:, high]
-    above = np.nonzero(posterior_high >= 0.5)[0]
-    return float(grid[above[0]] if len(above) else means[high])

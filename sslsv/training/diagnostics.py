@@ -1,87 +1,16 @@
-"""Collapse diagnostics (review, section 6.1 and Figure 4): cheap, detached signals that every method logs, a
-detector that turns them into a message, and a plot of every `train/*` signal of a run.
-
-Signals (all return a 0-d tensor, computed without gradients):
-
-- `embedding_std(z)`: std over the batch of the L2-normalised embeddings, averaged over dimensions. Healthy
-  embeddings spread over the sphere give about 1/sqrt(D); constant embeddings give 0 (complete collapse).
-- `effective_rank(z)`: exp of the entropy of the normalised singular values (Roy & Vetterli, 2007; RankMe).
-  Between 1 (rank-one, dimensional collapse) and min(B, D).
-- `softmax_entropy(logits)`: mean entropy (nats) of the softmax rows. Contrastive distribution (SimCLR/MoCo):
-  log(number of candidates) means uniform, i.e. the negatives are indistinguishable from the positive (constant
-  embeddings). DINO teacher: 0 = one-hot (no centering, dimensional collapse), log(out_dim) = uniform (no
-  sharpening, informational collapse).
-- `negative_gap` (MoCo, `methods/moco.py`): mean cosine of queries to the current step's other keys minus to the
-  queued keys; near 0 with a consistent queue, large when the key encoder drifts (no momentum encoder).
-- `kl_divergence(p_teacher, log_p_student)`: Eq. (13), mean over rows; 0 with a constant output.
-- `cluster_usage_entropy(x)`: entropy of how samples spread over clusters (assignments or soft codes); 0 means
-  every sample lands in one cluster. DINO logs it for its teacher probabilities (`teacher_usage_entropy`): a healthy
-  teacher is nearly one-hot per sample (Table 9) but on different outputs for different samples.
-"""
+"""Collapse watch and plots (review, section 6.1 and Figure 4): a detector that applies the collapse rules a method
+declares (sslsv.methods.collapse) to its per-step signals (sslsv.methods.signals) and turns them into a message,
+and a plot of every `train/*` signal of a run."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
-import torch
-import torch.nn.functional as F
-
-from sslsv.config import CollapseConfig, ConfigError  # noqa: F401 - CollapseConfig re-exported
-
-# --------------------------------------------------------------------------------------------------------- signals
-
-
-@torch.no_grad()
-def embedding_std(z: torch.Tensor) -> torch.Tensor:
-    """z: (B, D) -> mean over dimensions of the batch std of L2-normalised rows."""
-    z = F.normalize(z.detach().float(), dim=1)
-    return z.std(dim=0, unbiased=False).mean()
-
-
-@torch.no_grad()
-def effective_rank(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """z: (B, D) -> exp(H(p)), p_k = s_k / sum(s) over the singular values s of z."""
-    s = torch.linalg.svdvals(z.detach().float())
-    p = s / s.sum().clamp_min(eps)
-    entropy = -(p * torch.log(p.clamp_min(eps))).sum()
-    return torch.exp(entropy)
-
-
-@torch.no_grad()
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """logits: (B, K) -> mean over rows of -sum_k p_k log p_k, p = softmax(row). Masked entries may be -inf."""
-    log_p = F.log_softmax(logits.detach().float(), dim=-1)
-    p = log_p.exp()
-    return -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(dim=-1).mean()
-
-
-@torch.no_grad()
-def kl_divergence(p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
-    """Eq. (13): mean over rows of sum_x P_t(x) (log P_t(x) - log P_s(x)). Shapes (B, K)."""
-    p = p_teacher.detach().float()
-    log_p = torch.log(p.clamp_min(1e-30))
-    terms = torch.where(p > 0, p * (log_p - log_p_student.detach().float()), torch.zeros_like(p))
-    return terms.sum(dim=-1).mean()
-
-
-@torch.no_grad()
-def cluster_usage_entropy(x: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
-    """Entropy (nats) of cluster usage.
-
-    x: (N,) integer assignments (histogram over `num_clusters`, default max + 1), or (N, K) probabilities / soft
-    codes (their mean over samples). log(K) = perfectly balanced, 0 = one cluster takes everything.
-    """
-    x = x.detach()
-    if x.dim() == 1:
-        usage = torch.bincount(x.long(), minlength=num_clusters or 0).float()
-    elif x.dim() == 2:
-        usage = x.float().sum(dim=0)
-    else:
-        raise ValueError(f"cluster_usage_entropy: expected (N,) assignments or (N, K) probabilities, got {tuple(x.shape)}")
-    p = usage / usage.sum().clamp_min(1e-12)
-    return -(p * torch.log(p.clamp_min(1e-30))).sum()
-
+from sslsv.config import CollapseConfig  # noqa: F401 - re-exported
+from sslsv.methods.collapse import CollapseRule, resolve_thresholds
+from sslsv.runs import RunLayout
 
 # -------------------------------------------------------------------------------------------------------- detector
 
@@ -90,12 +19,17 @@ class CollapseDetector:
     """Watches the per-step metrics; `check` returns a message once a collapse rule has held for
     `patience_steps` consecutive checks (and again every `patience_steps` while it keeps holding).
 
+    rules: the trained method's `collapse_rules`; their thresholds take the values of `cfg.thresholds` where given
+        (a name no rule declares is a ConfigError). The detector knows no signal by name.
     entropy_bounds: maximum value of entropy metrics, e.g. {"teacher_entropy": log(65536)} (methods expose it as
-    their `entropy_bounds` attribute).
+        their `entropy_bounds` attribute), read by the rules that need one.
     """
 
-    def __init__(self, cfg: CollapseConfig, entropy_bounds: dict[str, float] | None = None):
+    def __init__(self, cfg: CollapseConfig, rules: Sequence[CollapseRule] = (),
+                 entropy_bounds: dict[str, float] | None = None):
         self.cfg = cfg
+        self.rules = tuple(rules)
+        self.thresholds = resolve_thresholds(self.rules, cfg.thresholds)
         # Kept by reference: a method may fill its bounds on its first step (SimCLR: log(2N - 1)).
         self.entropy_bounds = entropy_bounds if entropy_bounds is not None else {}
         self.streaks: dict[str, int] = {}
@@ -104,66 +38,23 @@ class CollapseDetector:
     def should_stop(self) -> bool:
         return self.cfg.action == "stop"
 
-    def _rules(self, metrics: dict[str, float]) -> dict[str, str]:
-        """Rules that hold for these metrics: name -> explanation."""
-        cfg, found = self.cfg, {}
-
-        def value(name: str) -> float | None:
-            v = metrics.get(name, metrics.get(f"train/{name}"))
-            return None if v is None or not math.isfinite(float(v)) else float(v)
-
-        std = value("embedding_std")
-        if std is not None and std < cfg.min_embedding_std:
-            found["embedding_std"] = (f"embedding std {std:.2e} < {cfg.min_embedding_std:g}: embeddings are almost "
-                                      f"constant (complete collapse)")
-        rank = value("effective_rank")
-        if rank is not None and rank < cfg.min_effective_rank:
-            found["effective_rank"] = (f"effective rank {rank:.2f} < {cfg.min_effective_rank:g}: embeddings span about "
-                                       f"one direction (dimensional collapse)")
-        teacher = value("teacher_entropy")
-        if teacher is not None and teacher < cfg.min_teacher_entropy:
-            found["teacher_entropy_low"] = (f"teacher entropy {teacher:.3g} < {cfg.min_teacher_entropy:g}: one-hot "
-                                            f"teacher outputs (dimensional collapse; is centering on?)")
-        usage = value("teacher_usage_entropy")
-        if usage is not None and usage < cfg.min_teacher_usage_entropy:
-            found["teacher_usage_entropy"] = (f"teacher usage entropy {usage:.3g} < {cfg.min_teacher_usage_entropy:g}: "
-                                              f"every sample's teacher output peaks on the same dimensions "
-                                              f"(dimensional collapse; is centering on?)")
-        bound = self.entropy_bounds.get("teacher_entropy")
-        if teacher is not None and usage is not None and bound and teacher <= cfg.teacher_sharpened_fraction * bound:
-            # usage - teacher = I(sample; output) over the batch (>= 0); bound - teacher = nats lost from uniform.
-            ratio = max(usage - teacher, 0.0) / (bound - teacher)
-            if ratio < cfg.min_teacher_information_ratio:
-                found["teacher_information"] = (
-                    f"teacher entropy {teacher:.3g} of {bound:.3g} but usage entropy {usage:.3g}: the teacher sharpens "
-                    f"the same way for every sample ({ratio:.1%} of its sharpening tells samples apart < "
-                    f"{cfg.min_teacher_information_ratio:.0%}; dimensional collapse under way, is centering on?)")
-        for name, bound in self.entropy_bounds.items():
-            v = value(name)
-            if v is not None and bound > 0 and v >= cfg.max_entropy_ratio * bound:
-                found[f"{name}_high"] = (f"{name} {v:.3f} is within {1 - cfg.max_entropy_ratio:.1%} of its maximum "
-                                         f"{bound:.3f}: uniform distribution (informational collapse: constant "
-                                         f"embeddings, no negatives, temperature too high or no sharpening)")
-        gap = value("negative_gap")
-        if gap is not None and gap > cfg.max_negative_gap:
-            found["negative_gap"] = (f"negative gap {gap:.3f} > {cfg.max_negative_gap:g}: the queued negatives are far "
-                                     f"from every current embedding, so the positive is told apart by the age of the "
-                                     f"keys, not the speaker (drifting key encoder; is the momentum encoder on?)")
-        clusters = value("cluster_entropy")
-        if clusters is not None and clusters < cfg.min_cluster_entropy:
-            found["cluster_entropy"] = (f"cluster usage entropy {clusters:.3f} < {cfg.min_cluster_entropy:g}: "
-                                        f"almost every sample falls in one cluster")
-        kl = value("kl_teacher_student")
-        if kl is not None and cfg.min_kl_teacher_student is not None and kl < cfg.min_kl_teacher_student:
-            found["kl_teacher_student"] = (f"KL(teacher || student) {kl:.2e} < {cfg.min_kl_teacher_student:g}: "
-                                           f"constant outputs")
+    def holding(self, metrics: dict[str, float]) -> dict[str, str]:
+        """Rules that hold for these metrics: rule key -> explanation. A rule with a missing signal is skipped."""
+        found = {}
+        for rule in self.rules:
+            values = {name: _value(metrics, name) for name in rule.signals}
+            if any(v is None for v in values.values()):
+                continue
+            message = rule.holds(values, self.entropy_bounds, self.thresholds)
+            if message is not None:
+                found[rule.key] = message
         return found
 
     def check(self, step: int, metrics: dict[str, float]) -> str | None:
         """metrics: this step's scalars (keys with or without the `train/` prefix). Returns a message or None."""
         if not self.cfg.enabled:
             return None
-        holding = self._rules(metrics)
+        holding = self.holding(metrics)
         self.streaks = {name: self.streaks.get(name, 0) + 1 for name in holding}
         due = [holding[n] for n, count in self.streaks.items() if count % self.cfg.patience_steps == 0]
         if not due:
@@ -172,17 +63,23 @@ class CollapseDetector:
         return f"collapse suspected at step {step} (for {longest} checks): " + "; ".join(due)
 
     def state_dict(self) -> dict:
+        """The running streaks (checkpointed by the trainer, so that a resumed run does not forget them)."""
         return {"streaks": dict(self.streaks)}
 
     def load_state_dict(self, state: dict) -> None:
         self.streaks = dict(state.get("streaks", {}))
 
 
+def _value(metrics: dict[str, float], name: str) -> float | None:
+    v = metrics.get(name, metrics.get(f"train/{name}"))
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
 # ------------------------------------------------------------------------------------------------------------ plot
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunLayout(run_dir).metrics
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics log (train the run first)")
     records = []
@@ -235,8 +132,3 @@ def plot_diagnostics(run_dir: str | Path, out_png: str | Path | None = None) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     return out
-
-
-def method_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The two signals every method logs for its embeddings (B, D)."""
-    return {"embedding_std": embedding_std(z), "effective_rank": effective_rank(z)}

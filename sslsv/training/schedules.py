@@ -29,9 +29,3 @@ def learning_rate(cfg: TrainerConfig, step: int, steps_per_epoch: int) -> float:
         epoch = step // max(steps_per_epoch, 1)
         return cfg.lr * cfg.step_gamma ** (epoch // max(cfg.step_epochs, 1))
     return cfg.lr
-
-
-def cosine_schedule(progress: float, start: float, end: float) -> float:
-    """Cosine ramp from `start` (progress 0) to `end` (progress 1), e.g. EMA momentum 0.996 -> 1."""
-    progress = min(max(progress, 0.0), 1.0)
-    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2

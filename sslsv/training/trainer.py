@@ -12,6 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,27 +27,15 @@ from sslsv.data.manifest import Manifest, check_manifest, read_manifest
 from sslsv.encoders.base import build_speaker_model
 from sslsv.methods.base import Batch, Method, TrainingInfo
 from sslsv.registry import METHODS
-from sslsv.training import checkpoint as ckpt
-from sslsv.training import distributed
+from sslsv import distributed
+from sslsv.distributed import resolve_device
+from sslsv.runs import RunError, RunLayout, atomic_save, average_state_dicts, load_checkpoint, prune
 from sslsv.training.diagnostics import CollapseDetector
 from sslsv.training.schedules import learning_rate
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, unusable data); the message says why and what is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", distributed.local_rank())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"trainer.device={name} but CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", distributed.local_rank())
-    return device
 
 
 def build_method(config: Config, info: TrainingInfo) -> Method:
@@ -87,11 +76,37 @@ class Position:
     global_step: int = 0
 
 
+# Validation: the embedding model -> {"val/eer": ..., ...}; given by the caller (sslsv.evaluation builds one from
+# trainer.validation_trials), so that training does not depend on evaluation.
+Validator = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class InitialWeights:
+    """Where a fresh run starts from instead of random weights (ignored when the run resumes a checkpoint).
+
+    encoder: a state-dict file of the embedding model (model.pt, model_avg.pt, weights_e*.pt of another run).
+    classifier: (C, D) rows for the method's classifier; `classifier_kind` "centroids" (class means, spread over
+    sub-centres) or "classifier" (a previous classifier's weights, copied as they are).
+    """
+
+    encoder: str | Path | None = None
+    classifier: np.ndarray | torch.Tensor | None = None
+    classifier_kind: str = "centroids"
+
+
 class Trainer:
-    def __init__(self, config: Config, restart: bool = False):
+    def __init__(self, config: Config, restart: bool = False, validate: Validator | None = None,
+                 initial: InitialWeights | None = None):
         self.config = config
-        self.run_dir = Path(config.run_dir or "models/run")
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.layout = RunLayout(config.run_dir or "models/run")
+        self.run_dir = self.layout.root
+        self.checkpoint_dir = self.layout.checkpoints
+        self.validate_fn = validate
+        self.initial = initial
+        if config.trainer.validate_every and config.trainer.validation_trials and validate is None:
+            raise TrainingError("trainer.validation_trials is set but this trainer was given no validation function "
+                                "(build one with sslsv.evaluation.evaluate.trial_validator)")
         self.device = resolve_device(config.trainer.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -101,10 +116,10 @@ class Trainer:
         if restart and self.main:
             # The old run's logs go with its checkpoints: appended to, they would mix two runs in one metrics file
             # (and in `sslsv diagnostics` plots and the collapse report).
-            for old in (self.checkpoint_dir, self.run_dir / "tensorboard"):
+            for old in (self.layout.checkpoints, self.layout.tensorboard):
                 if old.exists():
                     shutil.rmtree(old)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self.layout.metrics.unlink(missing_ok=True)
         distributed.barrier()
 
         cfg = config.trainer
@@ -130,7 +145,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         info = TrainingInfo(len(self.speakers), len(self.manifest), self.steps_per_epoch, cfg.epochs)
         self.method = build_method(config, info)
-        self.collapse = CollapseDetector(config.collapse, self.method.entropy_bounds)
+        self.collapse = CollapseDetector(config.collapse, self.method.collapse_rules, self.method.entropy_bounds)
         if self.method.uses_labels and len(self.speakers) < 2:
             raise TrainingError(f"{data.manifest}: method '{config.method.name}' needs speaker labels")
         if self.world > 1:
@@ -147,7 +162,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: float | None = None
         self.stale_validations = 0
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard")) if self.main else None
+        self.writer = SummaryWriter(str(self.layout.tensorboard)) if self.main else None
 
     # ------------------------------------------------------------------------------------------------ set-up
 
@@ -179,6 +194,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "stale_validations": self.stale_validations,
+            "collapse": self.collapse.state_dict(),
             "config": self.config.to_dict(),
         }
 
@@ -197,24 +213,43 @@ class Trainer:
         self.history = state.get("history", [])
         self.best = state.get("best")
         self.stale_validations = state.get("stale_validations", 0)
+        self.collapse.load_state_dict(state.get("collapse", {}))  # a resumed run keeps its collapse streaks
 
     def save_checkpoint(self) -> None:
         if self.main:
-            name = ckpt.checkpoint_name(self.position.epoch, self.position.global_step)
-            ckpt.atomic_save(self._state(), self.checkpoint_dir / name)
-            ckpt.prune(ckpt.list_checkpoints(self.checkpoint_dir), self.config.trainer.keep_checkpoints)
+            atomic_save(self._state(), self.layout.checkpoint(self.position.epoch, self.position.global_step))
+            prune(self.layout.list_checkpoints(), self.config.trainer.keep_checkpoints)
         distributed.barrier()
 
     def resume(self) -> bool:
-        found = ckpt.list_checkpoints(self.checkpoint_dir)
+        found = self.layout.list_checkpoints()
         if not found:
             return False
-        state = ckpt.load_checkpoint(found[-1])
+        state = load_checkpoint(found[-1])
         self._warn_config_changes(state.get("config", {}))
         self._load_state(state)
         if self.main:
             print(f"resuming from {found[-1]} (epoch {self.position.epoch + 1}, step {self.position.step_in_epoch})")
         return True
+
+    def _apply_initial_weights(self, initial: InitialWeights) -> None:
+        """A fresh run's starting point: the encoder from a weights file, the classifier from given rows."""
+        if initial.encoder is not None:
+            try:
+                self.method.encoder.load_state_dict(load_checkpoint(initial.encoder), strict=True)
+            except RuntimeError as error:
+                if isinstance(error, RunError):
+                    raise
+                raise TrainingError(f"cannot initialise {self.run_dir} from {initial.encoder}: the encoders differ "
+                                    f"({str(error).splitlines()[0]})") from None
+            if self.main:
+                print(f"{self.run_dir}: initialised the encoder from {initial.encoder}")
+        if initial.classifier is not None:
+            rows = torch.as_tensor(np.asarray(initial.classifier))
+            self.method.init_classifier(rows, initial.classifier_kind, seed=self.config.trainer.seed)
+            if self.main:
+                source = "the previous classifier" if initial.classifier_kind == "classifier" else "class centroids"
+                print(f"{self.run_dir}: initialised the classifier from {source} ({len(rows)} rows)")
 
     def _warn_config_changes(self, saved: dict) -> None:
         current = self.config.to_dict()
@@ -229,8 +264,9 @@ class Trainer:
         cfg = self.config.trainer
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / "config.yml")
-        self.resume()
+            save_config(self.config, self.layout.config)
+        if not self.resume() and self.initial is not None:
+            self._apply_initial_weights(self.initial)
         stopped_early = False
         while self.position.epoch < cfg.epochs and not stopped_early:
             self.train_epoch()
@@ -328,7 +364,7 @@ class Trainer:
             raise TrainingError(f"{message} (collapse.action=stop; the checkpoint at this step is kept)")
 
     def _fail_non_finite(self, value: float) -> None:
-        found = ckpt.list_checkpoints(self.checkpoint_dir)
+        found = self.layout.list_checkpoints()
         kept = f"the last good checkpoint is kept: {found[-1]}" if found else "no checkpoint had been written yet"
         raise TrainingError(
             f"loss is {value} at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch + 1} "
@@ -342,7 +378,7 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+        with open(self.layout.metrics, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
@@ -352,23 +388,26 @@ class Trainer:
     def _save_epoch_weights(self, epoch: int) -> None:
         if not self.main:
             return
-        path = self.checkpoint_dir / f"weights_e{epoch + 1:04d}.pt"
-        ckpt.atomic_save(self.method.embedding_model().state_dict(), path)
-        ckpt.prune(ckpt.list_epoch_weights(self.checkpoint_dir), self.config.trainer.average_last)
+        atomic_save(self.method.embedding_model().state_dict(), self.layout.epoch_weights(epoch + 1))
+        prune(self.layout.list_epoch_weights(), self.config.trainer.average_last)
 
     def validate(self, epoch: int) -> bool:
         """EER on the validation trials; returns True when early stopping triggers."""
-        from sslsv.evaluation.evaluate import evaluate_model
-
         cfg = self.config.trainer
         stop = False
         if self.main:
             model = self.method.embedding_model()
-            results = evaluate_model(model, cfg.validation_trials, self.config, self.device, progress=False)
-            metrics = {"val/eer": results.eer, "val/min_dcf_001": results.min_dcf_001, "val/min_dcf_005": results.min_dcf_005}
+            was_training = model.training
+            model.eval()
+            metrics = dict(self.validate_fn(model))
+            model.train(was_training)
             self.history.append({"epoch": epoch + 1, **metrics})
             self._log({"epoch": epoch + 1, "step": self.position.global_step, **metrics})
-            print(f"epoch {epoch + 1}: validation EER {results.eer:.2f} %, minDCF(0.01) {results.min_dcf_001:.4f}")
+            if "val/eer" in metrics and "val/min_dcf_001" in metrics:
+                print(f"epoch {epoch + 1}: validation EER {metrics['val/eer']:.2f} %, "
+                      f"minDCF(0.01) {metrics['val/min_dcf_001']:.4f}")
+            else:
+                print(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             value = metrics.get(cfg.tracked_metric)
             if value is None:
                 raise TrainingError(f"trainer.tracked_metric: '{cfg.tracked_metric}' is not one of {', '.join(metrics)}")
@@ -377,7 +416,7 @@ class Trainer:
                 value < self.best - delta if cfg.tracked_mode == "min" else value > self.best + delta)
             if better:
                 self.best, self.stale_validations = value, 0
-                ckpt.atomic_save(model.state_dict(), self.run_dir / "model_best.pt")
+                atomic_save(model.state_dict(), self.layout.model_best)
             else:
                 self.stale_validations += 1
             stop = bool(cfg.early_stopping_patience and self.stale_validations >= cfg.early_stopping_patience)
@@ -389,13 +428,13 @@ class Trainer:
     def finish(self, stopped_early: bool) -> dict:
         summary = {}
         if self.main:
-            ckpt.atomic_save(self.method.embedding_model().state_dict(), self.run_dir / "model.pt")
-            weights = ckpt.list_epoch_weights(self.checkpoint_dir)[-self.config.trainer.average_last :]
+            atomic_save(self.method.embedding_model().state_dict(), self.layout.model)
+            weights = self.layout.list_epoch_weights()[-self.config.trainer.average_last :]
             if weights:
-                ckpt.atomic_save(ckpt.average_state_dicts(weights), self.run_dir / "model_avg.pt")
+                atomic_save(average_state_dicts(weights), self.layout.model_average)
             summary = {"epochs": self.position.epoch, "steps": self.position.global_step,
                        "averaged_epochs": len(weights), "stopped_early": stopped_early, "validation": self.history}
-            (self.run_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+            self.layout.summary.write_text(json.dumps(summary, indent=2))
             if self.writer:
                 self.writer.close()
         distributed.barrier()

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from sslsv.methods.ema import copy_buffers, deactivate_requires_grad, momentum_copy, update_momentum
-from sslsv.training.schedules import cosine_schedule
+from sslsv.methods.ema import cosine_schedule
 
 
 def _pair():

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from sslsv.pseudo_labels.filtering import (FilteringConfig, cluster_size_mask, confidence_mask, filter_labels,
-                                           fit_loss_gate)
+from sslsv.methods.pseudo_supervised import fit_loss_gate
+from sslsv.pseudo_labels.filtering import FilteringConfig, cluster_size_mask, confidence_mask, filter_labels
 
 
 def test_confidence_mask_drops_least_confident_fraction():

@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 
-from sslsv.training.diagnostics import (CollapseConfig, CollapseDetector, cluster_usage_entropy, effective_rank,
-                                        embedding_std, kl_divergence, plot_diagnostics, read_metrics,
-                                        softmax_entropy)
+from sslsv.config import ConfigError, load_config
+from sslsv.methods.collapse import DEFAULT_RULES, Above, Threshold, resolve_thresholds
+from sslsv.methods.dino import DINO
+from sslsv.methods.moco import MoCo
+from sslsv.methods.signals import cluster_usage_entropy, effective_rank, embedding_std, kl_divergence, softmax_entropy
+from sslsv.training.diagnostics import CollapseConfig, CollapseDetector, plot_diagnostics, read_metrics
+
+DINO_RULES, MOCO_RULES = DINO.collapse_rules, MoCo.collapse_rules
 
 
 def test_effective_rank_identity_like_vs_rank_one():
@@ -34,7 +39,7 @@ def test_kl_and_embedding_std():
 
 
 def test_detector_flags_a_constant_embedding_sequence_after_patience():
-    detector = CollapseDetector(CollapseConfig(patience_steps=5))
+    detector = CollapseDetector(CollapseConfig(patience_steps=5), DEFAULT_RULES)
     constant = torch.ones(32, 16) + 1e-6 * torch.randn(32, 16)
     healthy = torch.randn(32, 16)
     for step in range(10):
@@ -48,17 +53,19 @@ def test_detector_flags_a_constant_embedding_sequence_after_patience():
 
 
 def test_detector_uniform_and_one_hot_teacher_and_disabled():
-    detector = CollapseDetector(CollapseConfig(patience_steps=2, action="stop"), {"teacher_entropy": math.log(1000)})
+    detector = CollapseDetector(CollapseConfig(patience_steps=2, action="stop"), DINO_RULES,
+                                {"teacher_entropy": math.log(1000)})
     assert detector.should_stop
     assert detector.check(0, {"teacher_entropy": 6.9}) is None
     assert "informational collapse" in detector.check(1, {"teacher_entropy": 6.9})
-    detector = CollapseDetector(CollapseConfig(patience_steps=1))
+    detector = CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES)
     assert "centering" in detector.check(0, {"teacher_entropy": 0.0})
-    assert CollapseDetector(CollapseConfig(enabled=False, patience_steps=1)).check(0, {"embedding_std": 0.0}) is None
+    disabled = CollapseDetector(CollapseConfig(enabled=False, patience_steps=1), DEFAULT_RULES)
+    assert disabled.check(0, {"embedding_std": 0.0}) is None
 
 
 def test_detector_flags_stale_moco_negatives():
-    detector = CollapseDetector(CollapseConfig(patience_steps=3))
+    detector = CollapseDetector(CollapseConfig(patience_steps=3), MOCO_RULES)
     # Measured on the demo corpus: healthy MoCo 0.0002-0.006, MoCo without the momentum encoder 0.26-0.37.
     assert all(detector.check(step, {"negative_gap": 0.006}) is None for step in range(5))
     messages = [detector.check(step, {"train/negative_gap": 0.3}) for step in range(5, 8)]
@@ -72,11 +79,11 @@ def test_detector_tells_a_one_hot_healthy_teacher_from_a_dimensional_collapse():
     healthy, collapsed = logits.clone(), logits.clone()
     healthy[torch.arange(64), torch.arange(64) * 4] = 0.0
     collapsed[:, 7] = 0.0
-    detector = CollapseDetector(CollapseConfig(patience_steps=1))
+    detector = CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES)
     for probabilities, flagged in ((torch.softmax(healthy, 1), False), (torch.softmax(collapsed, 1), True)):
         metrics = {"teacher_entropy": softmax_entropy(probabilities.log()).item() + 0.07,
                    "teacher_usage_entropy": cluster_usage_entropy(probabilities).item()}
-        message = CollapseDetector(CollapseConfig(patience_steps=1)).check(0, metrics)
+        message = CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES).check(0, metrics)
         assert (message is not None and "teacher usage entropy" in message) == flagged
     assert detector.check(0, {"teacher_usage_entropy": math.log(64)}) is None
 
@@ -109,10 +116,61 @@ def test_detector_flags_a_teacher_that_sharpens_alike_for_every_sample():
         metrics = {"teacher_entropy": softmax_entropy(probabilities.log()).item(),
                    "teacher_usage_entropy": cluster_usage_entropy(probabilities).item()}
         assert metrics["teacher_entropy"] < 0.75 * bound
-        detector = CollapseDetector(CollapseConfig(patience_steps=2), {"teacher_entropy": bound})
+        detector = CollapseDetector(CollapseConfig(patience_steps=2), DINO_RULES, {"teacher_entropy": bound})
         messages = [detector.check(step, metrics) for step in range(2)]
         assert (messages[1] is not None and "same way for every sample" in messages[1]) == flagged
     # Measured on the demo corpus, centering on (tau_t 0.07, step 1): entropy 7.92, usage 7.92 of 8.32: not yet
     # sharpened enough to judge.
-    assert CollapseDetector(CollapseConfig(patience_steps=1), {"teacher_entropy": bound}).check(
+    assert CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES, {"teacher_entropy": bound}).check(
         0, {"teacher_entropy": 7.915, "teacher_usage_entropy": 7.921}) is None
+
+
+def test_rules_keep_the_former_thresholds_and_defaults():
+    """The thresholds the methods declare, with the defaults of the former fixed CollapseConfig fields."""
+    from sslsv.methods.deepcluster import DeepCluster
+    from sslsv.methods.simclr import SimCLR
+    from sslsv.methods.swav import SwAV
+    declared = {}
+    for method in (DINO, MoCo, SimCLR, SwAV, DeepCluster):
+        declared.update(resolve_thresholds(method.collapse_rules, {}))
+    assert declared == {"min_embedding_std": 0.002, "min_effective_rank": 1.5, "min_teacher_entropy": 0.01,
+                        "min_teacher_usage_entropy": 0.5, "teacher_sharpened_fraction": 0.75,
+                        "min_teacher_information_ratio": 0.05, "max_entropy_ratio": 0.995, "max_negative_gap": 0.1,
+                        "min_cluster_entropy": 0.5, "min_kl_teacher_student": None}
+    assert set(resolve_thresholds(SimCLR.collapse_rules, {})) == {"min_embedding_std", "min_effective_rank",
+                                                                   "max_entropy_ratio"}
+
+
+def test_thresholds_are_overridden_by_name_and_unknown_names_refused():
+    stricter = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_teacher_entropy": 0.02}), DINO_RULES)
+    assert "centering" in stricter.check(0, {"teacher_entropy": 0.015})
+    assert CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES).check(0, {"teacher_entropy": 0.015}) is None
+    off = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_teacher_entropy": None}), DINO_RULES)
+    assert off.check(0, {"teacher_entropy": 0.0}) is None
+    kl = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_kl_teacher_student": 0.01}), DINO_RULES)
+    assert "constant outputs" in kl.check(0, {"kl_teacher_student": 1e-4})
+    with pytest.raises(ConfigError, match=r"collapse\.thresholds\.max_negative_gap: .*valid: .*min_teacher_entropy"):
+        CollapseDetector(CollapseConfig(thresholds={"max_negative_gap": 0.2}), DINO_RULES)  # a MoCo threshold
+    with pytest.raises(ConfigError, match=r"collapse\.thresholds\.max_entropy_ratio: 1.5 must be in \(0, 1\]"):
+        CollapseDetector(CollapseConfig(thresholds={"max_entropy_ratio": 1.5}), MOCO_RULES)
+    with pytest.raises(ConfigError, match="finite"):
+        CollapseConfig(thresholds={"min_embedding_std": float("nan")})
+
+
+def test_thresholds_from_a_dotted_override():
+    config = load_config("configs/dino/fast_resnet34_demo.yml", ["collapse.thresholds.min_teacher_entropy=0.02"])
+    assert config.collapse.thresholds == {"min_teacher_entropy": 0.02}
+    with pytest.raises(ConfigError, match="collapse.thresholds.min_teacher_entropy"):
+        load_config("configs/dino/fast_resnet34_demo.yml", ["collapse.thresholds.min_teacher_entropy=inf"])
+
+
+def test_detector_applies_any_declared_rule_and_restores_its_streaks():
+    """The detector knows no signal by name; its streaks survive a checkpoint."""
+    rules = (Above("loudness", Threshold("max_loudness", 3.0), "too loud"),)
+    detector = CollapseDetector(CollapseConfig(patience_steps=3), rules)
+    assert detector.check(0, {"train/loudness": 4.0}) is None
+    assert detector.check(1, {"loudness": 4.0, "embedding_std": 0.0}) is None  # undeclared signal: not watched
+    resumed = CollapseDetector(CollapseConfig(patience_steps=3), rules)
+    resumed.load_state_dict(detector.state_dict())
+    message = resumed.check(2, {"loudness": 5.0})
+    assert message == "collapse suspected at step 2 (for 3 checks): loudness 5 > 3: too loud"

@@ -12,7 +12,7 @@ from sslsv.encoders.base import build_speaker_model
 from sslsv.encoders.fast_resnet34 import FastResNet34Config
 from sslsv.methods.base import Batch
 from sslsv.methods.simclr import SimCLR, SimCLRConfig
-from sslsv.training import distributed
+from sslsv import distributed
 
 
 def _method() -> SimCLR:

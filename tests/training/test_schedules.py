@@ -1,7 +1,8 @@
 import pytest
 
 from sslsv.config import TrainerConfig
-from sslsv.training.schedules import cosine_schedule, learning_rate
+from sslsv.methods.ema import cosine_schedule
+from sslsv.training.schedules import learning_rate
 
 
 def test_step_decay_5_percent_every_5_epochs():

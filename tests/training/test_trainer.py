@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sslsv.config import load_config
+from sslsv.evaluation.validation import build_trainer
 from sslsv.training.trainer import Trainer, TrainingError
 from tests.tiny_corpus import make_tiny_corpus, tiny_overrides
 
@@ -140,7 +141,7 @@ def test_validation_and_early_stopping(corpus, tmp_path):
     overrides = {"trainer.epochs": 6, "trainer.validate_every": 1, "trainer.validation_trials": "tiny/trials.txt",
                  "trainer.early_stopping_patience": 2, "trainer.early_stopping_min_delta": 101}
     config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **overrides))
-    summary = Trainer(config).fit()
+    summary = build_trainer(config).fit()
     # no EER can improve by more than 101 points: the 2nd and 3rd validations are stale -> stop after epoch 3
     assert summary["stopped_early"] and summary["epochs"] == 3
     assert [v["epoch"] for v in summary["validation"]] == [1, 2, 3]
@@ -148,9 +149,26 @@ def test_validation_and_early_stopping(corpus, tmp_path):
     assert (tmp_path / "run/model_best.pt").exists()
 
 
+def test_validation_is_a_callable_given_to_the_trainer(corpus, tmp_path):
+    overrides = {"trainer.epochs": 2, "trainer.validate_every": 1, "trainer.validation_trials": "tiny/trials.txt"}
+    config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **overrides))
+    with pytest.raises(TrainingError, match="no validation function"):
+        Trainer(config)
+    seen = []
+
+    def validate(model):
+        seen.append(model.training)
+        return {"val/score": float(len(seen))}
+
+    config.trainer.tracked_metric, config.trainer.tracked_mode = "val/score", "max"
+    summary = Trainer(config, validate=validate).fit()
+    assert seen == [False, False]  # called once per epoch, on the embedding model in eval mode
+    assert [v["val/score"] for v in summary["validation"]] == [1.0, 2.0]
+
+
 def test_collapse_detector_warns_or_stops(corpus, tmp_path):
     # An impossible threshold (std of L2-normalised embeddings cannot reach 10) makes every step look collapsed.
-    common = {"collapse.min_embedding_std": 10.0, "collapse.patience_steps": 2, "trainer.epochs": 1}
+    common = {"collapse.thresholds.min_embedding_std": 10.0, "collapse.patience_steps": 2, "trainer.epochs": 1}
     config = load_config(CONFIG, tiny_overrides(corpus, tmp_path / "warn", **common))
     Trainer(config).fit()
     records = [json.loads(line) for line in (tmp_path / "warn/metrics.jsonl").read_text().splitlines()]

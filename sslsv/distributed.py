@@ -185,3 +185,27 @@ def convert_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.n
     for name, child in module.named_children():
         setattr(module, name, convert_batch_norm(child, device))
     return module
+
+
+class DeviceError(ValueError):
+    """A device name that cannot be used here (unknown, or CUDA asked for without CUDA)."""
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The one device resolver: "auto" -> this process's GPU (cuda:LOCAL_RANK under torchrun) when CUDA is
+    available, else the CPU; "cuda" without an index -> cuda:LOCAL_RANK; anything else as torch spells it."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported device '{name}' (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device '{name}' asked for, but CUDA is not available here (use auto or cpu)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank())
+    return device
