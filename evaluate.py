@@ -1,5 +1,5 @@
-"""Evaluate a run: python evaluate.py [RUN] --trials vox1_O [vox1_E vox1_H]"""
-from sslsv.cli import evaluate_main
+"""Evaluate a run: python evaluate.py [RUN] --trials vox1_O [vox1_E vox1_H] (= sslsv evaluate)"""
+from sslsv.cli.evaluate import main
 
 if __name__ == "__main__":
-    raise SystemExit(evaluate_main())
+    raise SystemExit(main(prog="evaluate.py"))

@@ -1,5 +1,5 @@
-"""Train a speaker encoder: python train.py configs/simclr/fast_resnet34.yml [key.sub=value ...]"""
-from sslsv.cli import train_main
+"""Train a speaker encoder: python train.py configs/simclr/fast_resnet34.yml [key.sub=value ...] (= sslsv train)"""
+from sslsv.cli.train import main
 
 if __name__ == "__main__":
-    raise SystemExit(train_main())
+    raise SystemExit(main(prog="train.py"))

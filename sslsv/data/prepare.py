@@ -19,7 +19,6 @@ audio, each stops with a message naming the file.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -33,12 +32,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import soundfile as sf
 
+from sslsv.audio.io import AUDIO_SUFFIXES
 from sslsv.data.manifest import Manifest, write_manifest
 from sslsv.data.trials import TrialsError, read_trials
 
 __all__ = [
     "PrepareError", "concatenate_parts", "download", "extract_zip", "ffmpeg_convert", "md5sum", "prepare_musan",
-    "prepare_rirs", "prepare_voxceleb", "read_checksums", "verify_checksums", "main",
+    "prepare_rirs", "prepare_voxceleb", "read_checksums", "read_url_file", "verify_checksums",
 ]
 
 SAMPLE_RATE = 16000
@@ -464,8 +464,6 @@ def prepare_voxceleb(source: str | Path, data_root: str | Path, trials_dir: str 
 
 # ------------------------------------------------------------------------------------------------ MUSAN / RIRs
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
 
 def _read_mono(path: Path, sample_rate: int) -> np.ndarray:
     from sslsv.audio.io import AudioError, read_audio
@@ -571,60 +569,3 @@ def prepare_rirs(rirs_dir: str | Path, data_root: str | Path, sample_rate: int =
         print(f"note: {other_rate} of {len(rows)} RIRs are not at {sample_rate} Hz; they are resampled when drawn")
     return out
 
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`sslsv prepare voxceleb|musan|rirs ...`: build the data root from the downloaded corpora."""
-    parser = argparse.ArgumentParser(prog="sslsv prepare", description="Prepare corpora under a data root.")
-    sub = parser.add_subparsers(dest="corpus", required=True)
-    vox = sub.add_parser("voxceleb", help="VoxCeleb1/2: extract, convert m4a, manifests, trial lists")
-    vox.add_argument("source", help="folder with the downloaded archives or extracted folders")
-    vox.add_argument("--data-root", default="data")
-    vox.add_argument("--trials-dir", help="folder with veri_test2.txt, list_test_all2.txt, list_test_hard2.txt")
-    vox.add_argument("--checksums", help="'md5  name' lines; archives listed there are verified")
-    vox.add_argument("--workers", type=int, default=4)
-    vox.add_argument("--versions", nargs="+", choices=["1", "2"], default=["1", "2"])
-    vox.add_argument("--download", action="store_true", help="download the files listed in --url-file into SOURCE first")
-    vox.add_argument("--url-file", help="lines 'URL [NAME]' (VoxCeleb URLs come with your registration)")
-    musan = sub.add_parser("musan", help="cut MUSAN into short chunks under DATA_ROOT/musan_split")
-    musan.add_argument("musan_dir", help="the extracted musan/ folder")
-    musan.add_argument("--data-root", default="data")
-    musan.add_argument("--chunk-seconds", type=float, default=5.0)
-    musan.add_argument("--workers", type=int, default=2)
-    rirs = sub.add_parser("rirs", help="list and check RIRS_NOISES impulse responses")
-    rirs.add_argument("rirs_dir", help="the extracted RIRS_NOISES/ folder")
-    rirs.add_argument("--data-root", default="data")
-    rirs.add_argument("--subsets", nargs="+", default=["simulated_rirs"])
-    args = parser.parse_args(argv)
-    try:
-        if args.corpus == "voxceleb":
-            if args.download:
-                if not args.url_file:
-                    parser.error("--download needs --url-file")
-                sums = read_checksums(args.checksums) if args.checksums else None
-                download(read_url_file(args.url_file), args.source, sums)
-            result = prepare_voxceleb(args.source, args.data_root, args.trials_dir, args.checksums, args.workers,
-                                      versions=tuple(args.versions))
-            for name in ("voxceleb1", "voxceleb2"):
-                manifest = result[name]
-                if manifest is not None:
-                    print(f"{manifest.path}: {len(manifest)} files, {len(set(manifest.speakers))} speakers, "
-                          f"{sum(manifest.durations) / 3600:.1f} h")
-            for path in result["trials"]:
-                print(f"trials: {path}")
-        elif args.corpus == "musan":
-            out = prepare_musan(args.musan_dir, args.data_root, args.chunk_seconds, workers=args.workers)
-            print(f"{out}: ready (augmentation.musan_dir={os.path.relpath(out, args.data_root)})")
-        else:
-            out = prepare_rirs(args.rirs_dir, args.data_root, subsets=args.subsets)
-            print(f"{out}: ready")
-    except PrepareError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

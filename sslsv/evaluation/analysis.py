@@ -20,7 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["SRRResult", "nmi", "plot_projection", "plot_score_histograms", "speaker_recording_ratio"]
+__all__ = ["RunAnalysis", "SRRResult", "analyze_run", "nmi", "plot_projection", "plot_score_histograms",
+           "speaker_recording_ratio"]
 
 
 def _numpy(x) -> np.ndarray:
@@ -145,3 +146,48 @@ def plot_projection(embeddings, speakers: Sequence, path: str | Path, method: st
         ax.legend(fontsize="x-small", markerscale=2, ncol=2)
     _save(fig, path)
     return points
+
+
+@dataclass
+class RunAnalysis:
+    """What `analyze_run` measured: the SRR / NMI figures and where the projection plot went."""
+
+    run_dir: str
+    source: str
+    manifest: str
+    num_utterances: int
+    srr: SRRResult
+    projection: Path
+
+
+def analyze_run(run_dir: str | Path, manifest: str | Path, projection: str = "pca", device: str = "auto",
+                output: str | Path | None = None, progress: bool = False) -> RunAnalysis:
+    """SRR and NMI (Eq. 14-15) of a run's embeddings of a labelled manifest, plus a 2-D projection plot.
+
+    Args:
+        run_dir: trained run directory.
+        manifest: labelled manifest (Speaker and Session columns), relative to the run's data root.
+        projection: "pca" or "tsne".
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        output: projection PNG (default RUN/projection_<manifest stem>.png).
+        progress: show the extraction progress bar.
+
+    Raises:
+        RunError, ManifestError, AudioError: unusable run, manifest or audio.
+    """
+    from sslsv.data.manifest import read_manifest
+    from sslsv.distributed import resolve_device
+    from sslsv.evaluation.embeddings import extract_embeddings
+    from sslsv.runs import load_model
+
+    torch_device = resolve_device(device)
+    model, config, source = load_model(run_dir, device=torch_device)
+    root = Path(config.dataset.data_root)
+    table = read_manifest(root / manifest)
+    embeddings = extract_embeddings(model, [str(root / f) for f in table.files], config.features.sample_rate,
+                                    torch_device, batch_seconds=config.evaluation.batch_seconds,
+                                    max_trim=config.evaluation.max_trim, progress=progress)
+    result = speaker_recording_ratio(embeddings, table.speakers, table.sessions)
+    out = Path(output) if output else Path(run_dir) / f"projection_{Path(manifest).stem}.png"
+    plot_projection(embeddings, table.speakers, out, method=projection)
+    return RunAnalysis(str(run_dir), str(source), str(manifest), len(table), result, out)

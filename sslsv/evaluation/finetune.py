@@ -17,7 +17,6 @@ Runs resume from their checkpoints when the command is repeated (--restart train
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import yaml
 
 from sslsv.data.manifest import Manifest, read_manifest, write_manifest
 
-__all__ = ["finetune_run", "finetune_main", "stratified_subset"]
+__all__ = ["finetune_run", "stratified_subset"]
 
 
 def stratified_subset(manifest: Manifest, fraction: float, seed: int = 0) -> np.ndarray:
@@ -52,26 +51,27 @@ def stratified_subset(manifest: Manifest, fraction: float, seed: int = 0) -> np.
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
-def _subset(manifest: Manifest, rows: np.ndarray, path: str) -> Manifest:
-    pick = lambda values: None if values is None else [values[i] for i in rows]  # noqa: E731
-    return Manifest([manifest.files[i] for i in rows], [manifest.speakers[i] for i in rows], pick(manifest.sessions),
-                    pick(manifest.durations), path)
-
-
 def _train(run_dir: Path, raw: dict, overrides: list[str], init_weights: Path | None, restart: bool) -> None:
     from sslsv.config import load_config
-    from sslsv.training import checkpoint as ckpt
-    from sslsv.training.trainer import Trainer, TrainingError
+    from sslsv.evaluation.validation import build_trainer
+    from sslsv.training.trainer import InitialWeights
 
     config = load_config(data=raw, overrides=overrides)
-    trainer = Trainer(config, restart=restart)
-    if init_weights is not None and not ckpt.list_checkpoints(trainer.checkpoint_dir):
-        try:
-            trainer.method.encoder.load_state_dict(ckpt.load_checkpoint(init_weights), strict=True)
-        except RuntimeError as error:
-            raise TrainingError(f"cannot initialise {run_dir} from {init_weights}: the encoders differ ({error})") from None
-        print(f"{run_dir}: encoder initialised from {init_weights}")
-    trainer.fit()
+    build_trainer(config, restart=restart, initial=InitialWeights(encoder=init_weights)).fit()
+
+
+def _reference_rows(run_dir: Path, names: list[str], use_average: bool, device, progress: bool) -> list[dict]:
+    """The table's first rows: the SSL run itself, without fine-tuning (nothing is written to the run)."""
+    from sslsv.evaluation.evaluate import evaluate_model
+    from sslsv.runs import load_model
+
+    model, config, _ = load_model(run_dir, use_average, device)
+    rows = []
+    for name in names:
+        m = evaluate_model(model, name, config, device, progress=progress)
+        rows.append({"trials": name, "fraction": 0.0, "utterances": 0, "speakers": 0, "init": "ssl (no fine-tuning)",
+                     "eer": m.eer, "min_dcf_001": m.min_dcf_001, "run": str(run_dir)})
+    return rows
 
 
 def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trials: list[str] | None = None,
@@ -96,9 +96,9 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
     Returns:
         The table rows: dicts with trials, fraction, utterances, speakers, init, eer, min_dcf_001, run.
     """
-    from sslsv.evaluation.evaluate import (RunError, evaluate_run, load_model, load_run_config, resolve_device,
-                                           run_weights, score_trials, slug)
-    from sslsv.evaluation.metrics import compute_metrics
+    from sslsv.distributed import resolve_device
+    from sslsv.evaluation.evaluate import evaluate_run, slug
+    from sslsv.runs import RunError, RunLayout, load_run_config, run_weights
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -115,22 +115,14 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
     weights = run_weights(run_dir, use_average)
     root = Path(config.dataset.data_root)
     manifest = read_manifest(root / config.dataset.manifest)
-    raw = yaml.safe_load((run_dir / "config.yml").read_text())
+    raw = yaml.safe_load(RunLayout(run_dir).config.read_text())
 
-    rows = []
-    device = resolve_device(config.evaluation.device)
-    model, model_config, _ = load_model(run_dir, use_average, device)  # reference row; nothing written to the run
-    for name in names:
-        trials_list, scores = score_trials(model, name, model_config, device, progress)
-        m = compute_metrics(scores, trials_list.labels)
-        rows.append({"trials": name, "fraction": 0.0, "utterances": 0, "speakers": 0, "init": "ssl (no fine-tuning)",
-                     "eer": m.eer, "min_dcf_001": m.min_dcf_001, "run": str(run_dir)})
-    del model
+    rows = _reference_rows(run_dir, names, use_average, resolve_device(config.evaluation.device), progress)
     for fraction in fractions:
         subset_rows = stratified_subset(manifest, fraction, seed)
         folder = out / f"frac{fraction:g}"
         subset_path = (folder / "train.csv").resolve()
-        subset = _subset(manifest, subset_rows, str(subset_path))
+        subset = manifest.subset(subset_rows, str(subset_path))
         write_manifest(subset, subset_path)
         speakers = len(set(subset.speakers))
         batch = min(config.dataset.batch_size, len(subset))
@@ -177,30 +169,3 @@ def format_finetune_table(rows: list[dict], run_dir: str | Path, epochs: int) ->
                      f"{r['min_dcf_001']:.4f} |")
     return "\n".join(lines)
 
-
-def finetune_main(argv: list[str] | None = None) -> int:
-    """sslsv finetune RUN --fractions 0.1 0.5 1.0 --epochs E [--trials demo] [key=value ...]"""
-    from sslsv.cli import _run
-
-    parser = argparse.ArgumentParser(
-        prog="sslsv finetune",
-        description="Label-efficient fine-tuning: supervised (AAM-softmax) runs on speaker-stratified labelled "
-                    "fractions of the run's training manifest, initialised from the SSL weights and from random "
-                    "weights; prints and writes RUN/finetune/table.md.")
-    parser.add_argument("run", help="self-supervised run directory")
-    parser.add_argument("overrides", nargs="*", help="extra key.subkey=value for the fine-tuning runs")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 1.0])
-    parser.add_argument("--epochs", type=int, required=True, help="epochs of each fine-tuning run")
-    parser.add_argument("--trials", nargs="+", help="trial lists (default: the run's evaluation.trials)")
-    parser.add_argument("--init", nargs="+", default=["ssl", "random"], choices=["ssl", "random"])
-    parser.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets")
-    parser.add_argument("--output", help="output folder (default RUN/finetune)")
-    parser.add_argument("--last", action="store_true", help="start from the last epoch's weights, not the average")
-    parser.add_argument("--restart", action="store_true", help="retrain runs that already have checkpoints")
-    args = parser.parse_intermixed_args(argv)
-
-    def run() -> None:
-        finetune_run(args.run, args.fractions, args.epochs, args.trials, args.output, args.seed, args.overrides,
-                     tuple(args.init), args.restart, use_average=not args.last)
-
-    return _run(run)

@@ -1,7 +1,7 @@
 """Multi-stage pseudo-labelling driver (review, section 3.2): SSL run, then rounds of
 extraction -> clustering -> filtering -> pseudo-labelled manifest -> supervised training -> evaluation.
 
-    python -m sslsv.pseudo_labels.multistage configs/multistage/demo.yml [key=value ...]
+    sslsv multistage configs/multistage/demo.yml [key=value ...]
     sslsv pseudo-label RUN --kmeans 50000 --ahc 7500          (one-shot labelling of a manifest)
 
 Layout of the work directory:
@@ -18,21 +18,20 @@ them into `trainer.method.encoder` before `fit()`; a resumed training then overr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from sslsv.config import ConfigError, apply_overrides, from_dict, read_yaml
+from sslsv.config import ConfigError, apply_overrides, from_dict, override_list, read_yaml
 from sslsv.data.manifest import Manifest, read_manifest, write_manifest
 from sslsv.pseudo_labels.clustering import ClusteringConfig, cluster, cluster_metrics
 from sslsv.pseudo_labels.extract import ExtractionConfig, extract_run
 from sslsv.pseudo_labels.filtering import FilteringConfig, filter_labels
-from sslsv.training import distributed
+from sslsv import distributed
 
 STEPS = ("extract", "cluster", "manifest", "train", "evaluate")
 
@@ -43,18 +42,22 @@ class SSLStage:
 
     run_dir: str | None = None  # an existing run (trained unless `config` is given); default <workdir>/round_00
     config: str | None = None  # train config of the SSL model (trained, or resumed, by the driver)
-    overrides: list[str] = field(default_factory=list)  # dotted overrides of that config
+    # merged over that config: a mapping of sections ({trainer: {epochs: 10}}) or a list of "key.subkey=value" strings
+    overrides: Any = field(default_factory=dict)
     evaluate: bool = True
 
     def __post_init__(self) -> None:
         if self.run_dir is None and self.config is None:
             raise ConfigError("ssl: needs 'run_dir' (an existing run) or 'config' (a train config), or both")
+        self.overrides = _check_overrides(self.overrides, "ssl.overrides")
 
 
 @dataclass
 class RoundConfig:
     config: str  # train config of the supervised round (method pseudo_supervised or supervised)
-    overrides: list[str] = field(default_factory=list)
+    # merged over that config, e.g. {method: {name: pseudo_supervised, loss_gate: gmm}, trainer: {epochs: 10}}; a
+    # list of "key.subkey=value" strings (the former form) is still accepted
+    overrides: Any = field(default_factory=dict)
     init: Literal["previous", "scratch"] = "previous"  # previous: encoder starts from the previous round's weights
     # centroids: with init=previous, the AAM classifier starts at the pseudo-classes' mean representations (by the
     # previous model, the one the encoder starts from) instead of random rows; random: always random rows
@@ -63,6 +66,20 @@ class RoundConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        self.overrides = _check_overrides(self.overrides, "overrides")  # from_dict prefixes "rounds[i]."
+
+
+def _check_overrides(overrides: Any, key: str) -> dict | list:
+    """A mapping of sections, or a list of "key.subkey=value" strings; anything else -> ConfigError naming `key`."""
+    if overrides is None:
+        return {}
+    items = override_list(overrides, key)
+    for item in items:
+        if not isinstance(item, (str, dict)) or (isinstance(item, str) and "=" not in item):
+            raise ConfigError(f"{key}: {item!r} is neither a mapping nor a 'key.subkey=value' string")
+    return overrides
 
 
 @dataclass
@@ -82,9 +99,21 @@ class MultistageConfig:
 
 
 def load_multistage_config(path: str | Path, overrides: list[str] | None = None) -> MultistageConfig:
-    """Strict loading (unknown keys -> ConfigError naming the key); `base:` inheritance and dotted overrides."""
+    """Strict loading (unknown keys -> ConfigError naming the key); `base:` inheritance and dotted overrides.
+    The train configs of the SSL stage and of every round are resolved with their overrides here, so that a bad
+    key stops the driver before any training, with the file and the round named."""
+    from sslsv.config import load_config
+
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return from_dict(MultistageConfig, raw, "")
+    cfg = from_dict(MultistageConfig, raw, "")
+    stages = [("ssl", cfg.ssl.config, cfg.ssl.overrides)] if cfg.ssl.config else []
+    stages += [(f"rounds[{i}]", r.config, r.overrides) for i, r in enumerate(cfg.rounds)]
+    for key, config, stage_overrides in stages:
+        try:
+            load_config(config, stage_overrides)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {key} ({config} + {key}.overrides): {error}") from None
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -121,13 +150,7 @@ class RoundState:
 def pseudo_manifest(manifest: Manifest, labels: np.ndarray, keep: np.ndarray, path: str | Path) -> Manifest:
     """Write File,Speaker(=cluster id),Session,Duration for the kept rows, atomically."""
     rows = np.flatnonzero(keep)
-    out = Manifest(
-        files=[manifest.files[i] for i in rows],
-        speakers=[f"c{int(labels[i]):06d}" for i in rows],
-        sessions=[manifest.sessions[i] for i in rows] if manifest.sessions is not None else None,
-        durations=[manifest.durations[i] for i in rows] if manifest.durations is not None else None,
-        path=str(path),
-    )
+    out = manifest.subset(rows, str(path), speakers=[f"c{int(labels[i]):06d}" for i in rows])
     tmp = Path(str(path) + ".tmp")
     write_manifest(out, tmp)
     os.replace(tmp, path)
@@ -154,6 +177,31 @@ def label_step(x: np.ndarray, manifest: Manifest, clustering: ClusteringConfig, 
     return metrics
 
 
+def pseudo_label_run(run_dir: str | Path, output: str | Path | None = None, manifest: str | None = None,
+                     data_root: str | None = None, extraction: ExtractionConfig | None = None,
+                     clustering: ClusteringConfig | None = None, filtering: FilteringConfig | None = None,
+                     labels_known: bool = True) -> tuple[dict, Path, str]:
+    """One-shot pseudo-labelling of a manifest with a trained run: extraction (sharded over ranks), clustering,
+    filtering, `<output>/train.csv` and `<output>/summary.json`. Returns (metrics, output folder, data root);
+    the metrics are empty on ranks other than the first."""
+    from dataclasses import asdict
+
+    from sslsv.runs import load_run_config
+
+    config = load_run_config(run_dir)
+    data_root = data_root or config.dataset.data_root
+    rows = read_manifest(Path(data_root) / (manifest or config.dataset.manifest))
+    out = Path(output) if output else Path(run_dir) / "pseudo_labels"
+    clustering, filtering = clustering or ClusteringConfig(), filtering or FilteringConfig()
+    x = extract_run(run_dir, rows, data_root, out / "embeddings", extraction or ExtractionConfig())
+    if not distributed.is_main():
+        return {}, out, data_root
+    metrics = label_step(x, rows, clustering, filtering, out, labels_known)
+    summary = {"clustering": asdict(clustering), "filtering": asdict(filtering), **metrics}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return metrics, out, data_root
+
+
 def class_centroids(x: np.ndarray, manifest: Manifest, pseudo: Manifest) -> np.ndarray:
     """Mean L2-normalised representation of every class of a pseudo-labelled manifest, (C, D) float32.
 
@@ -173,54 +221,28 @@ def class_centroids(x: np.ndarray, manifest: Manifest, pseudo: Manifest) -> np.n
     return (sums / np.bincount(labels, minlength=len(names))[:, None]).astype(np.float32)
 
 
-def train_step(config_path: str, overrides: list[str], init_from: Path | None, use_average: bool,
+def train_step(config_path: str, overrides: list, init_from: Path | None, use_average: bool,
                needs_labels: bool = False, classifier_rows: np.ndarray | None = None,
                classifier_kind: Literal["centroids", "classifier"] = "centroids") -> None:
     """Train (or resume) a run; optionally start its encoder from another run's weights and its classifier
     (pseudo-label rounds) from given rows: class centroids (C, D), or a previous round's classifier weights."""
-    import torch
-
     from sslsv.config import load_config
-    from sslsv.evaluation.evaluate import run_weights
-    from sslsv.training import checkpoint as ckpt
-    from sslsv.training.trainer import Trainer, TrainingError
+    from sslsv.evaluation.validation import build_trainer
+    from sslsv.runs import run_weights
+    from sslsv.training.trainer import InitialWeights, TrainingError
 
     config = load_config(config_path, overrides)
-    trainer = Trainer(config)
+    initial = InitialWeights(encoder=run_weights(init_from, use_average) if init_from is not None else None,
+                             classifier=classifier_rows, classifier_kind=classifier_kind)
+    trainer = build_trainer(config, initial=initial)
     if needs_labels and not trainer.method.uses_labels:
         raise TrainingError(f"{config_path}: a pseudo-label round needs a label-using method, not '{config.method.name}'")
-    if init_from is not None and not ckpt.list_checkpoints(trainer.checkpoint_dir):
-        weights = run_weights(init_from, use_average)
-        state = ckpt.load_checkpoint(weights)
-        try:
-            trainer.method.encoder.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise TrainingError(f"cannot initialise {config.run_dir} from {weights}: the encoders differ ({error})") from None
-        if distributed.is_main():
-            print(f"initialised the encoder from {weights}")
-        if classifier_rows is not None:
-            classifier = getattr(trainer.method, "classifier", None)
-            if not hasattr(classifier, "init_from_centroids"):
-                raise TrainingError(f"{config_path}: classifier_init=centroids needs method pseudo_supervised, "
-                                    f"not '{config.method.name}' (or set classifier_init: random)")
-            rows = torch.as_tensor(np.asarray(classifier_rows))
-            if classifier_kind == "classifier":
-                if rows.shape != classifier.weight.shape:
-                    raise TrainingError(f"{config_path}: the previous round's classifier is {tuple(rows.shape)}, this "
-                                        f"one {tuple(classifier.weight.shape)}; same labels need the same "
-                                        f"method.subcenters (or set classifier_init: random)")
-                with torch.no_grad():
-                    classifier.weight.copy_(rows)
-            else:
-                classifier.init_from_centroids(rows, seed=config.trainer.seed)
-            if distributed.is_main():
-                source = "the previous round's classifier" if classifier_kind == "classifier" else "class centroids"
-                print(f"initialised the classifier from {source} ({len(rows)} rows)")
     trainer.fit()
 
 
 def evaluate_step(run_dir: Path, trials: list[str] | None) -> dict:
-    from sslsv.evaluation.evaluate import evaluate_run, load_run_config, slug
+    from sslsv.evaluation.evaluate import evaluate_run, slug
+    from sslsv.runs import load_run_config
 
     names = trials or load_run_config(run_dir).evaluation.trials
     results = evaluate_run(run_dir, names, progress=False)
@@ -237,8 +259,8 @@ def round_dir(cfg: MultistageConfig, index: int) -> Path:
 
 def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
     """Run (or resume) the SSL stage and every round; returns the table rows and writes <workdir>/rounds.md."""
-    from sslsv.evaluation.evaluate import load_run_config
-    from sslsv.training.trainer import resolve_device
+    from sslsv.distributed import resolve_device
+    from sslsv.runs import load_run_config
 
     distributed.init_distributed(resolve_device(cfg.extraction.device))
     main = distributed.is_main()
@@ -251,7 +273,8 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
     state = RoundState(round_dir(cfg, 0) / "state.json")
     if cfg.ssl.config and not state.done("train"):
         _say(main, f"round 0: training the SSL model {cfg.ssl.config} -> {ssl_dir}")
-        train_step(cfg.ssl.config, cfg.ssl.overrides + quiet + [f"run_dir={ssl_dir}"], None, cfg.extraction.use_average)
+        train_step(cfg.ssl.config, override_list(cfg.ssl.overrides) + quiet + [f"run_dir={ssl_dir}"], None,
+                   cfg.extraction.use_average)
         state.finish("train")
     if cfg.ssl.evaluate and not state.done("evaluate"):
         results = evaluate_step(ssl_dir, cfg.trials) if main else {}
@@ -295,7 +318,7 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
             distributed.barrier()
         if not state.done("train"):
             _say(main, f"round {index}: supervised training on {folder / 'train.csv'} -> {run_dir}")
-            overrides = spec.overrides + quiet + [f"run_dir={run_dir}", f"dataset.data_root={data_root}",
+            overrides = override_list(spec.overrides) + quiet + [f"run_dir={run_dir}", f"dataset.data_root={data_root}",
                                           f"dataset.manifest={(folder / 'train.csv').resolve()}"]
             head, kind = None, "centroids"
             if spec.init == "previous" and spec.classifier_init == "centroids":
@@ -325,13 +348,13 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
 
 def previous_classifier(run_dir: Path) -> np.ndarray:
     """The classifier rows of a finished pseudo-label run (its last checkpoint), for a round on the same labels."""
-    from sslsv.training import checkpoint as ckpt
+    from sslsv.runs import RunLayout, load_checkpoint
 
-    checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
+    checkpoints = RunLayout(run_dir).list_checkpoints()
     if not checkpoints:
         raise ConfigError(f"{run_dir}/checkpoints: no checkpoint to take the classifier from (classifier_init: "
                           f"centroids on a round with relabel: false); use classifier_init: random")
-    state = ckpt.load_checkpoint(checkpoints[-1])["method"]
+    state = load_checkpoint(checkpoints[-1])["method"]
     if "classifier.weight" not in state:
         raise ConfigError(f"{checkpoints[-1]}: no classifier.weight (was {run_dir} a pseudo-label round?)")
     return state["classifier.weight"].float().numpy()
@@ -361,83 +384,3 @@ def format_rounds(rows: list[dict]) -> str:
                      f"{number(row.get('min_dcf_001'), '.4f')} | {row['model']} |")
     return "\n".join(lines)
 
-
-# ------------------------------------------------------------------------------------------------ CLIs
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m sslsv.pseudo_labels.multistage CONFIG [key=value ...]"""
-    from sslsv.cli import _run
-
-    parser = argparse.ArgumentParser(prog="python -m sslsv.pseudo_labels.multistage",
-                                     description="Multi-stage pseudo-labelling: SSL run, then rounds of clustering "
-                                                 "and supervised training. Rerun the same command to resume.")
-    parser.add_argument("config", help="multistage YAML, e.g. configs/multistage/demo.yml")
-    parser.add_argument("overrides", nargs="*", help="key.subkey=value (e.g. workdir=models/ms_try)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    def run() -> None:
-        from sslsv.registry import load_all
-
-        load_all()
-        cfg = load_multistage_config(args.config, args.overrides)
-        try:
-            run_multistage(cfg, progress=not args.no_progress)
-        finally:
-            distributed.cleanup()
-
-    return _run(run)
-
-
-def pseudo_label_main(argv: list[str] | None = None) -> int:
-    """Pseudo-label a manifest with a trained run: extraction, k-means (+ AHC), filtering, labelled manifest."""
-    from sslsv.cli import _run
-
-    parser = argparse.ArgumentParser(prog="sslsv pseudo-label", description=pseudo_label_main.__doc__)
-    parser.add_argument("run", help="trained run directory")
-    parser.add_argument("--kmeans", type=int, default=50000, help="k-means clusters (default 50000)")
-    parser.add_argument("--ahc", type=int, default=7500, help="AHC target classes; 0: plain k-means (default 7500)")
-    parser.add_argument("--linkage", choices=["ward", "average"], default="ward")
-    parser.add_argument("--ahc-neighbors", type=int, default=32, help="kNN graph size for AHC; 0: exact linkage")
-    parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--manifest", help="manifest relative to the data root (default: the run's training manifest)")
-    parser.add_argument("--data-root", help="default: the run's data root")
-    parser.add_argument("--out", help="output folder (default: RUN/pseudo_labels)")
-    parser.add_argument("--drop-fraction", type=float, default=0.0, help="drop the least confident fraction")
-    parser.add_argument("--min-cluster-size", type=int, default=1)
-    parser.add_argument("--crop-seconds", type=float, help="embed one fixed crop per file instead of full length")
-    parser.add_argument("--shard-size", type=int, default=50000)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-labels", action="store_true", help="the Speaker column is not the true speaker")
-    args = parser.parse_args(argv)
-
-    def run() -> None:
-        from sslsv.evaluation.evaluate import load_run_config
-        from sslsv.training.trainer import resolve_device
-
-        distributed.init_distributed(resolve_device(args.device))
-        config = load_run_config(args.run)
-        data_root = args.data_root or config.dataset.data_root
-        manifest = read_manifest(Path(data_root) / (args.manifest or config.dataset.manifest))
-        out = Path(args.out) if args.out else Path(args.run) / "pseudo_labels"
-        extraction = ExtractionConfig(shard_size=args.shard_size, crop_seconds=args.crop_seconds, device=args.device)
-        clustering = ClusteringConfig(method="kmeans_ahc" if args.ahc else "kmeans", kmeans_clusters=args.kmeans,
-                                      num_classes=args.ahc or 2, linkage=args.linkage,
-                                      ahc_neighbors=args.ahc_neighbors, iterations=args.iterations)
-        filtering = FilteringConfig(args.drop_fraction, args.min_cluster_size)
-        x = extract_run(args.run, manifest, data_root, out / "embeddings", extraction)
-        if distributed.is_main():
-            metrics = label_step(x, manifest, clustering, filtering, out, not args.no_labels)
-            (out / "summary.json").write_text(json.dumps({"clustering": asdict(clustering), "filtering": asdict(filtering),
-                                                          **metrics}, indent=2))
-            shown = {k: v for k, v in metrics.items() if k != "timings"}
-            print(json.dumps(shown, indent=2))
-            print(f"pseudo-labelled manifest: {out / 'train.csv'} (data root {data_root})")
-        distributed.cleanup()
-
-    return _run(run)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sslsv.cli.data import prepare_main as main
 from sslsv.data.manifest import check_manifest, read_manifest
-from sslsv.data.prepare import (PrepareError, convert_all, extract_zip, main, md5sum, prepare_musan, prepare_rirs,
+from sslsv.data.prepare import (PrepareError, convert_all, extract_zip, md5sum, prepare_musan, prepare_rirs,
                                 prepare_voxceleb)
 from sslsv.data.trials import read_trials, resolve_trials
 

@@ -1,0 +1,32 @@
+"""`sslsv analyze`: SRR and NMI of a run's embeddings of a labelled manifest, plus a 2-D projection plot."""
+from __future__ import annotations
+
+import argparse
+
+from sslsv.cli.errors import run_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    """sslsv analyze RUN --manifest demo/test.csv [--projection tsne]."""
+    parser = argparse.ArgumentParser(
+        prog="sslsv analyze",
+        description="SRR and NMI of a run's embeddings of a labelled manifest (review Eq. 14-15), plus a 2-D "
+                    "projection plot.")
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--manifest", required=True, help="labelled manifest relative to the data root, e.g. demo/test.csv")
+    parser.add_argument("--projection", choices=["pca", "tsne"], default="pca", help="2-D projection (default pca)")
+    parser.add_argument("-o", "--output", help="projection PNG (default RUN/projection_<manifest>.png)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        from sslsv.evaluation.analysis import analyze_run
+
+        result = analyze_run(args.run, args.manifest, args.projection, args.device, output=args.output)
+        srr = result.srr
+        print(f"{args.run} ({result.source}) on {args.manifest}: {result.num_utterances} utterances, "
+              f"k-means with {srr.num_clusters} clusters")
+        print(f"NMI(speaker) {srr.nmi_speakers:.4f}  NMI(recording) {srr.nmi_recordings:.4f}  SRR {srr.srr:.3f}")
+        print(f"projection: {result.projection}")
+
+    return run_command(run)

@@ -1,0 +1,125 @@
+"""Score calibration and fusion of runs: logistic regression trained on a calibration trial list.
+
+`fuse_runs` scores a calibration list and a test list with every run (cosine scores, embeddings once per
+utterance), trains an affine map from the runs' scores to log-likelihood ratios, applies it to the test scores and
+writes, under the output folder, `<name>.score` (the calibrated/fused LLRs), `<name>.json` (metrics, the calibration
+and, for several runs, the Pearson correlation of their scores) and `<name>_correlation.png`. It prints nothing;
+the command line (`sslsv fuse`) prints the returned rows.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sslsv.data.manifest import read_manifest
+from sslsv.data.trials import read_trials, write_trials
+from sslsv.distributed import resolve_device
+from sslsv.evaluation.calibration import make_calibration_trials, train_calibration
+from sslsv.evaluation.evaluate import score_trials
+from sslsv.evaluation.metrics import compute_act_dcf, compute_cllr, compute_metrics, compute_min_cllr
+from sslsv.evaluation.scoring import write_scores
+from sslsv.runs import load_model, load_run_config
+
+__all__ = ["fuse_runs", "plot_score_correlation"]
+
+
+def plot_score_correlation(scores: Sequence, names: Sequence[str], path: str | Path) -> np.ndarray:
+    """Pearson correlation of the systems' trial scores, saved as a matrix plot; returns the (K, K) matrix.
+
+    Low correlation is what fusion can gain from.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    correlation = np.corrcoef(np.stack([np.asarray(s, dtype=np.float64) for s in scores]))
+    fig = Figure(figsize=(1.2 * len(names) + 2.5, 1.2 * len(names) + 2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(correlation, vmin=-1, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{correlation[i, j]:.2f}", ha="center", va="center")
+    fig.colorbar(image, ax=ax)
+    ax.set_title("score correlation")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return correlation
+
+
+def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str | Path,
+              calibration_root: str | Path | None = None, make_calibration: int | None = None,
+              p_target: float = 0.5, output: str | Path | None = None, device: str = "auto",
+              progress: bool = False) -> dict:
+    """Calibrate one run's scores, or fuse several runs' scores, on a test trial list.
+
+    Args:
+        runs: run directories; the first one's config gives the data root (and the training manifest for
+            `make_calibration`).
+        trials: test trial-set name or trial file (relative to the data root), e.g. "vox1_O".
+        calibration_trials: calibration trial file (never the test list); utterance paths are relative to
+            `calibration_root`.
+        calibration_root: folder of the calibration utterances (default: the data root).
+        make_calibration: first write this many calibration trials, drawn from the first run's training
+            manifest, to `calibration_trials`.
+        p_target: prior of the logistic-regression objective (0.5 = Cllr).
+        output: output folder (default: RUNS[0]/fusion).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        progress: show embedding-extraction progress bars.
+
+    Returns:
+        The dict written to `<output>/<name>.json` (EER, minDCFs, Cllr, min Cllr, actDCF0.01 of the calibrated
+        scores, the runs, the calibration and, for several runs, `score_correlation`) plus `name`, `output` and
+        `systems`: one row per run and a last row for the calibrated/fused scores, each {"system", **metrics}.
+
+    Raises:
+        RunError, TrialsError, ManifestError, AudioError: an unusable run, trial list or audio file.
+    """
+    runs = [str(r) for r in runs]
+    torch_device = resolve_device(device)
+    config = load_run_config(runs[0])
+    root = Path(config.dataset.data_root)
+    if make_calibration:
+        manifest = read_manifest(root / config.dataset.manifest)
+        write_trials(make_calibration_trials(manifest, make_calibration), calibration_trials)
+    calibration = read_trials(calibration_trials)
+    calibration_dir = Path(calibration_root) if calibration_root else root
+
+    test = None
+    cal_scores, test_scores = [], []
+    for run in runs:
+        model, run_config, _ = load_model(run, True, torch_device)
+        _, scores = score_trials(model, calibration, run_config, torch_device, audio_dir=calibration_dir,
+                                 progress=progress)
+        cal_scores.append(scores)
+        test, scores = score_trials(model, trials, run_config, torch_device, progress=progress)
+        test_scores.append(scores)
+        del model
+
+    calibration_model = train_calibration(cal_scores, calibration.labels, p_target=p_target)
+    llr = calibration_model.apply(test_scores)
+    out = Path(output) if output else Path(runs[0]) / "fusion"
+    name = Path(trials).stem
+    write_scores(out / f"{name}.score", test.enroll, test.test, llr, test.labels)
+    metrics = compute_metrics(llr, test.labels)
+    result = {**asdict(metrics), "cllr": compute_cllr(llr, test.labels),
+              "min_cllr": compute_min_cllr(llr, test.labels),
+              "act_dcf_001": compute_act_dcf(llr, test.labels, 0.01),
+              "runs": runs, "calibration": calibration_model.to_dict()}
+    if len(runs) > 1:
+        correlation = plot_score_correlation(test_scores, [Path(r).name for r in runs],
+                                             out / f"{name}_correlation.png")
+        result["score_correlation"] = correlation.round(4).tolist()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    systems = [{"system": run, **asdict(compute_metrics(scores, test.labels))}
+               for run, scores in zip(runs, test_scores)]
+    systems.append({"system": "fused (calibrated)" if len(runs) > 1 else "calibrated", **asdict(metrics)})
+    return {**result, "name": name, "output": str(out), "systems": systems}
