@@ -19,7 +19,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
-	$(PY) -m sslsv.data.demo --out data/demo
+	$(VENV)/bin/sslsv demo-corpus --output data/demo
 	$(PY) train.py $(DEMO_CONFIG)
 	$(PY) evaluate.py models/simclr/fast_resnet34_demo --trials demo --random-baseline
 

@@ -1,4 +1,5 @@
-"""The espeak-ng demo corpus: layout, manifests, trials, determinism, idempotency and the spectral baseline."""
+"""The espeak-ng demo corpus: layout, manifests, trials, determinism, idempotency, the spectral baseline on it and
+the `sslsv demo-corpus` command."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,10 @@ import soundfile as sf
 
 pytest.importorskip("espeakng_loader")
 
-from sslsv.data.demo import DemoCorpusConfig, build_demo_corpus, compute_eer, main, spectral_baseline_eer  # noqa: E402
+from sslsv.data.demo import DemoCorpusConfig, build_demo_corpus  # noqa: E402
+from sslsv.data.manifest import read_manifest  # noqa: E402
+from sslsv.data.trials import read_trials  # noqa: E402
+from sslsv.evaluation.baselines import spectral_baseline_eer  # noqa: E402
 
 TINY = dict(
     train_speakers=2, val_speakers=2, test_speakers=6, sessions_per_speaker=2, utterances_per_session=3,
@@ -128,15 +132,35 @@ def test_spectral_baseline_is_far_from_zero(corpus):
     assert 5.0 < eer < 60.0
 
 
-def test_compute_eer():
-    assert compute_eer(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0])) == 0.0
-    assert compute_eer(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0])) == 100.0
+def test_package_readers_accept_the_lists(corpus):
+    for role in ("train", "val", "test"):
+        manifest = read_manifest(corpus / f"{role}.csv")
+        assert manifest.sessions is not None and manifest.durations is not None
+        assert all((corpus.parent / file).is_file() for file in manifest.files)
+    for name in ("trials.txt", "val_trials.txt"):
+        trials = read_trials(corpus / name)
+        assert len(trials) == len((corpus / name).read_text().splitlines())
+        assert 0 < trials.labels.sum() < len(trials)
 
 
-def test_main(tmp_path, capsys):
+def test_role_without_speakers_is_complete_and_idempotent(tmp_path):
+    small = dict(TINY, train_speakers=1, val_speakers=0, test_speakers=2, utterances_per_session=1)
+    small.update(musan_noise=0, musan_speech=0, musan_music=0, rirs=0)
+    out = build_demo_corpus(tmp_path / "demo", DemoCorpusConfig(**small), progress=False)
+    assert (out / "val.csv").read_text().splitlines() == ["File,Speaker,Session,Duration"]
+    assert (out / "val_trials.txt").read_text() == ""
+    stamp = (out / "corpus.json").stat().st_mtime_ns
+    build_demo_corpus(out, DemoCorpusConfig(**small), progress=False)
+    assert (out / "corpus.json").stat().st_mtime_ns == stamp
+
+
+def test_command(tmp_path, capsys):
+    from sslsv.cli.demo_corpus import main
+
     args = ["--out", str(tmp_path / "demo"), "--train-speakers", "1", "--val-speakers", "1", "--test-speakers", "2",
-            "--sessions", "2", "--utterances", "1", "--workers", "1", "--quiet"]
+            "--sessions", "2", "--utterances", "1", "--workers", "1", "--quiet", "--baseline"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "4 speakers" in out and "utterances" in out
+    assert "4 speakers (1 train / 1 val / 2 test)" in out and "utterances" in out
+    assert "spectral baseline EER (mean log-mel, cosine):" in out
     assert len(_rows(tmp_path / "demo" / "test.csv")) == 4
