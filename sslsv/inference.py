@@ -5,9 +5,9 @@
     emb = model.embed(["a.wav", "b.wav"])          # (2, D) float32, L2-normalised
     score = model.score("a.wav", "b.wav")         # cosine similarity
 
-Files go through the evaluation's padding-free, length-sorted batching (extract_embeddings), so `embed` gives the
-same numbers as `evaluate.py`. Waveforms given as arrays or tensors are grouped by exact length and each group runs
-as one batch, so no padding ever changes an embedding either.
+Files and waveforms given as arrays or tensors go together, in one call, through the evaluation's length-sorted
+batching (sslsv.evaluation.embeddings.extract_embeddings) with max_trim = 0: only items of exactly equal length
+share a batch, so no padding or trimming ever changes an embedding, and files give the numbers of `evaluate.py`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from sslsv.evaluation.embeddings import extract_embeddings
-from sslsv.evaluation.evaluate import load_model, resolve_device
+from sslsv.distributed import resolve_device
+from sslsv.runs import load_model
 
 __all__ = ["SpeakerEmbedder", "load"]
 
@@ -49,24 +50,6 @@ class SpeakerEmbedder:
     def __repr__(self) -> str:
         return f"SpeakerEmbedder({self.source}, dim={self.embed_dim}, sample_rate={self.sample_rate}, device={self.device})"
 
-    def _waveforms(self, waves: list[torch.Tensor]) -> torch.Tensor:
-        """Embed waveforms of any lengths: one model call per distinct length, at most batch_seconds each."""
-        lengths = np.array([w.shape[-1] for w in waves])
-        if (lengths == 0).any():
-            raise ValueError(f"item {int(np.argmax(lengths == 0))} is an empty waveform")
-        per_batch = max(1, int(self.batch_seconds * self.sample_rate))
-        results: dict[int, torch.Tensor] = {}
-        with torch.inference_mode():
-            for length in np.unique(lengths):
-                rows = np.flatnonzero(lengths == length)
-                step = max(1, per_batch // int(length))
-                for start in range(0, len(rows), step):
-                    chunk = rows[start:start + step]
-                    batch = torch.stack([waves[i] for i in chunk]).to(self.device, torch.float32)  # (b, S)
-                    for i, e in zip(chunk, self.model(batch).float().cpu()):
-                        results[int(i)] = e
-        return torch.stack([results[i] for i in range(len(waves))])  # (N, D)
-
     def embed(self, items: Item | Sequence[Item], normalize: bool = True, progress: bool = False) -> np.ndarray:
         """Embeddings of audio files, 1-D waveforms, or a 2-D batch of waveforms.
 
@@ -95,25 +78,9 @@ class SpeakerEmbedder:
         items = list(items)
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        paths, waves = {}, {}
-        for i, item in enumerate(items):
-            if isinstance(item, (str, Path)):
-                paths[i] = str(item)
-            elif isinstance(item, (np.ndarray, torch.Tensor)):
-                if item.ndim != 1:
-                    raise ValueError(f"item {i}: waveforms in a list must be 1-D (S,), got shape {tuple(item.shape)}")
-                waves[i] = torch.as_tensor(np.ascontiguousarray(item) if isinstance(item, np.ndarray) else item).float()
-            else:
-                raise ValueError(f"item {i}: expected a path, numpy array or tensor, got {type(item).__name__}")
-        out = torch.empty(len(items), self.embed_dim)
-        if paths:
-            rows = list(paths)
-            out[rows] = extract_embeddings(self.model, list(paths.values()), self.sample_rate, self.device,
-                                           batch_seconds=self.batch_seconds, max_trim=0.0, progress=progress,
-                                           num_workers=0)
-        if waves:
-            rows = list(waves)
-            out[rows] = self._waveforms(list(waves.values()))
+        # One extraction for every item: equal lengths share a batch, nothing is padded or trimmed (max_trim 0).
+        out = extract_embeddings(self.model, items, self.sample_rate, self.device, batch_seconds=self.batch_seconds,
+                                 max_trim=0.0, progress=progress, num_workers=0)
         if normalize:
             out = F.normalize(out, dim=1)
         return out.numpy().astype(np.float32, copy=False)

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 import sslsv
-from sslsv.evaluation.evaluate import RunError, load_model
+from sslsv.runs import RunError, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"
@@ -60,3 +60,22 @@ def test_errors(run, tmp_path):
         embedder.embed([tmp_path / "nothing.wav"])
     with pytest.raises(RunError, match="not a run directory"):
         sslsv.load(tmp_path)
+
+
+def test_one_extraction_for_all_items(run, monkeypatch):
+    import sslsv.inference as inference
+
+    run_dir, data = run
+    embedder = sslsv.load(run_dir)
+    files = sorted((data / "tiny/wav").rglob("*.wav"))[:4]
+    calls = []
+    real = inference.extract_embeddings
+
+    def counting(model, items, *args, **kwargs):
+        calls.append(len(items))
+        return real(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "extract_embeddings", counting)
+    wave = sf.read(files[3], dtype="float32")[0]
+    out = embedder.embed([*files[:3], wave])
+    assert calls == [4] and out.shape == (4, embedder.embed_dim)

@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslsv.audio.io import AudioError, audio_info, read_audio, read_crop
+from sslsv.audio.io import AUDIO_SUFFIXES, AudioError, audio_info, read_audio, read_crop
 from sslsv.config import AugmentationConfig
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 NOISE_CATEGORIES = ("noise", "music", "speech")
 CHOICES = ("none", "reverb", "noise", "reverb+noise")  # what "all" picks from, uniformly
-PLAN_KEYS = ("rir", "use_rir", "noise", "use_noise")
 
 _POWER_EPS = 1e-10  # silent noise crops stay (nearly) silent instead of being blown up to unit power
 
@@ -37,7 +35,7 @@ def find_audio_files(folder: Path) -> list[str]:
     """Every WAV/FLAC/OGG file below `folder`, sorted, so that draws do not depend on directory order."""
     found = []
     for directory, _, names in os.walk(folder, followlinks=True):
-        found.extend(os.path.join(directory, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS))
+        found.extend(os.path.join(directory, n) for n in names if n.lower().endswith(AUDIO_SUFFIXES))
     return sorted(found)
 
 
@@ -79,7 +77,7 @@ class AugmentationSources:
                                     f"'{self.config.strategy}' needs it; set {key} or augmentation.strategy=none)")
         files = find_audio_files(path)
         if not files:
-            raise AugmentationError(f"{key}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {path}")
+            raise AugmentationError(f"{key}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {path}")
         return files
 
     def __repr__(self) -> str:

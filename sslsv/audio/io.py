@@ -14,6 +14,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # the audio files sslsv looks for in folders (lower-case suffixes)
+
 # resample_poly's default Kaiser filter has 10 * max(up, down) taps on each side in the upsampled domain.
 _FILTER_HALF_WIDTH = 10
 

@@ -56,6 +56,43 @@ class Manifest:
         index = {name: i for i, name in enumerate(names)}
         return np.fromiter((index[s] for s in self.speakers), dtype=np.int64, count=len(self.speakers)), names
 
+    def subset(self, rows, path: str | Path | None = None, speakers: list[str] | None = None) -> Manifest:
+        """The manifest of the given rows, in the given order (every column picked alike).
+
+        Args:
+            rows: (K,) row indices (or a boolean mask of length len(self)).
+            path: the new manifest's path (messages, writing); default: this manifest's path, and then the
+                line numbers still point into this manifest's file.
+            speakers: (K,) labels replacing the picked rows' speakers (e.g. pseudo-labels).
+
+        Returns:
+            A new Manifest; this one is unchanged.
+
+        Raises:
+            ManifestError: `speakers` of another length than the rows.
+            IndexError: a row outside [0, len(self)).
+        """
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"{self.path}: a subset mask needs {len(self)} entries, got shape {rows.shape}")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64).reshape(-1)
+        if len(rows) and (int(rows.min()) < -len(self) or int(rows.max()) >= len(self)):
+            raise IndexError(f"{self.path}: subset rows must be in [0, {len(self)})")
+        picked = rows.tolist()
+
+        def pick(values):
+            return None if values is None else [values[i] for i in picked]
+
+        if speakers is not None and len(speakers) != len(picked):
+            raise ManifestError(f"{self.path}: {len(speakers)} speaker labels for a subset of {len(picked)} rows")
+        lines = pick(self.line_numbers) if path is None else None
+        if path is None and lines is None:
+            lines = [i + 2 for i in picked]
+        return Manifest(pick(self.files), list(speakers) if speakers is not None else pick(self.speakers),
+                        pick(self.sessions), pick(self.durations), str(self.path if path is None else path), lines)
+
 
 def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest CSV.
@@ -134,7 +171,7 @@ def write_manifest(manifest: Manifest, path: str | Path) -> None:
     if len(lengths) != 1:
         raise ManifestError(f"{path}: cannot write a manifest whose columns have different lengths ({sorted(lengths)})")
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")  # plain Unix lines, like every other text file we write
         writer.writerow(header)
         writer.writerows(zip(*columns))
 

@@ -1,122 +1,55 @@
 """Evaluate a run: embeddings (full length or multi-crop), cosine scores, optional cohort score normalisation
-(Z/T/S/AS-norm), EER / minDCF / actDCF / Cllr, score files, results.json, DET plots and score histograms."""
+(Z/T/S/AS-norm), EER / minDCF / actDCF / Cllr, score files, results.json, DET plots and score histograms.
+
+`score_backends` is the one trial-scoring pipeline (embed the utterances of a trial list, full length or
+multi-crop; cosine scores; optional cohort normalisations). `score_trials` (plain cosine: validation, fusion,
+fine-tuning), `evaluate_model` and `evaluate_run` are expressed through it."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 import torch
-import yaml
 
-from sslsv.config import Config, ConfigError, build_config
+from sslsv.config import Config
 from sslsv.data.manifest import read_manifest
 from sslsv.data.trials import Trials, resolve_trials
-from sslsv.encoders.base import SpeakerModel, build_speaker_model
-from sslsv.evaluation.embeddings import extract_embeddings
 from sslsv.evaluation.analysis import plot_score_histograms
+from sslsv.evaluation.embeddings import Crops, extract_embeddings
 from sslsv.evaluation.metrics import (VerificationMetrics, compute_act_dcf, compute_cllr, compute_metrics,
                                       compute_min_cllr)
-from sslsv.evaluation.multicrop import crop_cohort_statistics, extract_multicrop_embeddings, multicrop_scores
-from sslsv.evaluation.normalization import build_cohort
+from sslsv.evaluation.multicrop import multicrop_scores
+from sslsv.evaluation.normalization import build_cohort, normalize_scores
 from sslsv.evaluation.plots import plot_det
 from sslsv.evaluation.scoring import cosine_scores, index_trials, write_scores
-from sslsv.registry import load_all
-from sslsv.training.checkpoint import list_epoch_weights, load_checkpoint
+from sslsv.distributed import resolve_device
+from sslsv.runs import RunError, load_model, load_run_config
 
 
-class RunError(RuntimeError):
-    """A run directory that cannot be evaluated, with the reason."""
+TrialsArg = Union[str, Trials]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def score_trials(model: torch.nn.Module, trials: TrialsArg, config: Config, device: torch.device, *,
+                 audio_dir: str | Path | None = None, progress: bool = True) -> tuple[Trials, np.ndarray]:
+    """Plain cosine scores of a trial list: (trials, (T,) float32 scores); see score_backends.
+
+    Args:
+        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), or a Trials object
+            (then `audio_dir` is required).
+        audio_dir: folder the trial utterances are relative to (overrides the trial set's folder).
+    """
+    trials, scores, _ = score_backends(model, trials, config, device, Backends(norms=()), audio_dir=audio_dir,
+                                       progress=progress)
+    return trials, scores["cosine"]
 
 
-def latest_run(models_dir: str | Path = "models") -> Path:
-    """The most recently trained run under `models_dir` (by the time of its newest weights)."""
-    candidates = []
-    for config in Path(models_dir).rglob("config.yml"):
-        run = config.parent
-        weights = [p for p in [run / "model_avg.pt", run / "model.pt"] if p.exists()] + list_epoch_weights(run / "checkpoints")
-        if weights:
-            candidates.append((max(p.stat().st_mtime for p in weights), run))
-    if not candidates:
-        raise RunError(f"no trained run found under {models_dir}/ (train one with: python train.py CONFIG)")
-    return max(candidates)[1]
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / "config.yml"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory: {path} is missing")
-    load_all()
-    try:
-        return build_config(yaml.safe_load(path.read_text()))
-    except ConfigError as error:
-        raise RunError(f"{path}: {error}") from None
-
-
-def run_weights(run_dir: str | Path, use_average: bool = True, best: bool = False) -> Path:
-    """The weights to evaluate: model_best.pt (best: the best validation score, saved by the trainer), else
-    model_avg.pt (use_average), model.pt, or the newest epoch's weights."""
-    run_dir = Path(run_dir)
-    if best:
-        if not (run_dir / "model_best.pt").exists():
-            raise RunError(f"{run_dir / 'model_best.pt'} is missing: the trainer saves it at each validation that "
-                           f"improves trainer.tracked_metric (set trainer.validation_trials and validate_every)")
-        return run_dir / "model_best.pt"
-    order = (["model_avg.pt"] if use_average else []) + ["model.pt"]
-    for name in order:
-        if (run_dir / name).exists():
-            return run_dir / name
-    epochs = list_epoch_weights(run_dir / "checkpoints")
-    if epochs:
-        return epochs[-1]
-    raise RunError(f"{run_dir} has no weights yet (model_avg.pt, model.pt or checkpoints/weights_e*.pt)")
-
-
-def load_model(run_dir: str | Path, use_average: bool = True, device: str | torch.device = "cpu",
-               random_weights: bool = False, best: bool = False) -> tuple[SpeakerModel, Config, str]:
-    """The run's embedding model in eval mode, its config, and which weights were loaded."""
-    config = load_run_config(run_dir)
-    torch.manual_seed(config.trainer.seed)  # the random-weights baseline is the run's own initialisation
-    model = build_speaker_model(config.encoder, config.features)
-    source = "random weights"
-    if not random_weights:
-        path = run_weights(run_dir, use_average, best)
-        state = load_checkpoint(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RunError(f"{path} does not match the run's encoder: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        source = str(path)
-    return model.to(device).eval(), config, source
-
-
-def score_trials(model: torch.nn.Module, trials_name: str, config: Config, device: torch.device,
-                 progress: bool = True):
-    """Embed every utterance of a trial list and return (trials, scores)."""
-    trials, audio_dir = resolve_trials(trials_name, config.dataset.data_root)
-    utterances = trials.utterances()
-    paths = [str(Path(audio_dir) / u) for u in utterances]
-    was_training = model.training
-    model.eval()
-    embeddings = extract_embeddings(model, paths, config.features.sample_rate, device,
-                                    batch_seconds=config.evaluation.batch_seconds,
-                                    max_trim=config.evaluation.max_trim, progress=progress,
-                                    num_workers=min(config.dataset.num_workers, 4))
-    model.train(was_training)
-    enroll, test = index_trials(trials.enroll, trials.test, utterances)
-    return trials, cosine_scores(embeddings, enroll, test)
-
-
-def evaluate_model(model: torch.nn.Module, trials_name: str, config: Config, device: torch.device,
-                   progress: bool = True) -> VerificationMetrics:
-    trials, scores = score_trials(model, trials_name, config, device, progress)
+def evaluate_model(model: torch.nn.Module, trials: TrialsArg, config: Config, device: torch.device, *,
+                   audio_dir: str | Path | None = None, progress: bool = True) -> VerificationMetrics:
+    """EER and minDCF of the plain cosine scores of a trial list (score_trials)."""
+    trials, scores = score_trials(model, trials, config, device, audio_dir=audio_dir, progress=progress)
     return compute_metrics(scores, trials.labels)
 
 
@@ -170,17 +103,15 @@ class Backends:
 
 def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, device: torch.device,
                      backends: Backends, progress: bool = True) -> torch.Tensor:
-    """(U, D) full-length embeddings, or (U, N, D) multi-crop embeddings when backends.crops is set."""
+    """(U, D) full-length embeddings, or (U, N, D) multi-crop embeddings when backends.crops is set (model in eval
+    mode meanwhile, its mode restored after)."""
     was_training = model.training
     model.eval()
-    workers = min(config.dataset.num_workers, 4)
+    crops = None if backends.crops is None else Crops(backends.crop_seconds, backends.crops)
     try:
-        if backends.crops is None:
-            return extract_embeddings(model, paths, config.features.sample_rate, device,
-                                      batch_seconds=config.evaluation.batch_seconds, max_trim=config.evaluation.max_trim,
-                                      progress=progress, num_workers=workers)
-        return extract_multicrop_embeddings(model, paths, config.features.sample_rate, backends.crop_seconds,
-                                            backends.crops, device, config.evaluation.batch_seconds, workers, progress)
+        return extract_embeddings(model, paths, config.features.sample_rate, device,
+                                  batch_seconds=config.evaluation.batch_seconds, max_trim=config.evaluation.max_trim,
+                                  progress=progress, num_workers=min(config.dataset.num_workers, 4), crops=crops)
     finally:
         model.train(was_training)
 
@@ -197,13 +128,11 @@ def build_run_cohort(model: torch.nn.Module, config: Config, device: torch.devic
     manifest_path = root / config.dataset.manifest
     manifest = read_manifest(manifest_path)
     total = len(manifest)
-    rows = np.arange(total)
     if backends.cohort_size and backends.cohort_size < total:
         rng = np.random.default_rng(backends.cohort_seed)
-        rows = np.sort(rng.choice(total, backends.cohort_size, replace=False))
-    paths = [str(root / manifest.files[i]) for i in rows]
-    embeddings = embed_utterances(model, paths, config, device, backends, progress)
-    labels = [manifest.speakers[i] for i in rows] if backends.cohort_labels else None
+        manifest = manifest.subset(np.sort(rng.choice(total, backends.cohort_size, replace=False)))
+    embeddings = embed_utterances(model, [str(root / f) for f in manifest.files], config, device, backends, progress)
+    labels = manifest.speakers if backends.cohort_labels else None
     cohort = build_cohort(embeddings, labels)
     if labels is None:
         kind = "utterance"
@@ -211,47 +140,46 @@ def build_run_cohort(model: torch.nn.Module, config: Config, device: torch.devic
     else:
         kind = "speaker"
         text = f"averaged per speaker into {cohort.shape[0]} rows, USES speaker labels"
-    print(f"cohort: {len(rows)} of {total} utterances of {manifest_path} ({text})")
-    description = {"cohort_rows": int(cohort.shape[0]), "cohort_utterances": int(len(rows)), "cohort_per": kind,
+    print(f"cohort: {len(manifest)} of {total} utterances of {manifest_path} ({text})")
+    description = {"cohort_rows": int(cohort.shape[0]), "cohort_utterances": len(manifest), "cohort_per": kind,
                    "cohort_manifest": str(manifest_path), "cohort_seed": backends.cohort_seed}
     return cohort, description
 
 
-def normalize_with_cohort(embeddings, enroll_idx, test_idx, scores, cohort, method: str, top_n: int | None = None,
-                          eps: float = 1e-8) -> np.ndarray:
-    """Z/T/S/AS-norm of trial scores (method: "z", "t", "s" or "as"; see sslsv.evaluation.normalization).
-
-    `embeddings` are (U, D) full-length embeddings (then this equals normalization.normalize_scores) or (U, N, D)
-    crop embeddings, whose cohort score is the mean crop cosine with a cohort row, the counterpart of the mean
-    N x N crop cosine used as trial score.
-    """
-    e = embeddings if isinstance(embeddings, torch.Tensor) else torch.as_tensor(np.asarray(embeddings))
-    enroll = torch.as_tensor(np.asarray(enroll_idx), dtype=torch.int64).reshape(-1)
-    test = torch.as_tensor(np.asarray(test_idx), dtype=torch.int64).reshape(-1)
-    s = torch.as_tensor(np.asarray(scores), dtype=torch.float32).reshape(-1)
-    cohort = cohort if isinstance(cohort, torch.Tensor) else torch.as_tensor(np.asarray(cohort))
-    k = None if method != "as" else min(int(top_n or cohort.shape[0]), cohort.shape[0])
-    used, inverse = torch.unique(torch.cat([enroll, test]), return_inverse=True)
-    mean, std = crop_cohort_statistics(e[used], cohort, k)
-    mean, std = mean.cpu(), std.cpu() + eps
-    ie, it = inverse[: len(enroll)], inverse[len(enroll):]
-    z = (s - mean[ie]) / std[ie]
-    t = (s - mean[it]) / std[it]
-    out = z if method == "z" else t if method == "t" else 0.5 * (z + t)
-    return out.numpy().astype(np.float32, copy=False)
+def _resolve(trials: TrialsArg, config: Config, audio_dir: str | Path | None) -> tuple[Trials, Path]:
+    """Trials and the folder of their utterances."""
+    if isinstance(trials, Trials):
+        if audio_dir is None:
+            raise RunError("scoring a Trials object needs audio_dir, the folder its utterances are relative to")
+        return trials, Path(audio_dir)
+    trials, folder = resolve_trials(trials, config.dataset.data_root)
+    return trials, Path(audio_dir if audio_dir is not None else folder)
 
 
-def score_backends(model: torch.nn.Module, trials_name: str, config: Config, device: torch.device,
-                   backends: Backends, cohort: Callable[[], tuple[torch.Tensor, dict]] | None = None,
+def score_backends(model: torch.nn.Module, trials: TrialsArg, config: Config, device: torch.device,
+                   backends: Backends | None = None, cohort: Callable[[], tuple[torch.Tensor, dict]] | None = None,
+                   *, audio_dir: str | Path | None = None,
                    progress: bool = True) -> tuple[Trials, dict[str, np.ndarray], dict[str, dict]]:
-    """Scores of one trial list under every back-end: (trials, {backend: (T,) scores}, {backend: info}).
+    """The trial-scoring pipeline: scores of one trial list under every back-end.
 
-    `cohort` returns (cohort, description) and is only called when a normalisation is asked for.
+    Embeds each utterance of the list once (full length, or backends.crops crops), scores every trial by cosine
+    (for crops, the mean N x N crop cosine), then adds one normalised back-end per backends.norms.
+
+    Args:
+        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), or a Trials object
+            (then `audio_dir` is required).
+        backends: how to score (default: plain full-length cosine only).
+        cohort: returns (cohort, description); only called when a normalisation is asked for.
+        audio_dir: folder the trial utterances are relative to (overrides the trial set's folder).
+
+    Returns:
+        (trials, {backend: (T,) float32 scores}, {backend: info for results.json}), backends in backends.names()
+        order.
     """
-    trials, audio_dir = resolve_trials(trials_name, config.dataset.data_root)
+    backends = backends or Backends(norms=())
+    trials, folder = _resolve(trials, config, audio_dir)
     utterances = trials.utterances()
-    embeddings = embed_utterances(model, [str(Path(audio_dir) / u) for u in utterances], config, device, backends,
-                                  progress)
+    embeddings = embed_utterances(model, [str(folder / u) for u in utterances], config, device, backends, progress)
     enroll, test = index_trials(trials.enroll, trials.test, utterances)
     base = backends.base
     if backends.crops is None:
@@ -267,7 +195,7 @@ def score_backends(model: torch.nn.Module, trials_name: str, config: Config, dev
         for norm, name in zip(backends.norms, backends.names()[1:]):
             method = NORMS[norm]
             top_n = min(backends.top_n, int(matrix.shape[0])) if method == "as" else None
-            scores[name] = normalize_with_cohort(embeddings, enroll, test, scores[base], matrix, method, top_n)
+            scores[name] = normalize_scores(embeddings, enroll, test, matrix, method, top_n, scores=scores[base])
             info[name] = {**info[base], "norm": norm, **({"top_n": top_n} if top_n else {}), **description}
     return trials, scores, info
 
@@ -283,6 +211,76 @@ def run_label(run_dir: str | Path) -> str:
     """Short name of a run for legends and tables: its last two path components (simclr/fast_resnet34)."""
     parts = Path(run_dir).resolve().parts
     return "/".join(parts[-2:])
+
+
+class _RunEvaluation:
+    """What one evaluate_run call shares across trial lists: each model and each cohort loaded once, the table."""
+
+    def __init__(self, backends: Backends, device: torch.device, average: bool, best: bool, progress: bool):
+        self.backends, self.device, self.average, self.best, self.progress = backends, device, average, best, progress
+        self.models: dict[tuple[str, bool], tuple] = {}
+        self.cohorts: dict[tuple[str, bool], tuple[torch.Tensor, dict]] = {}
+        self.table: list[tuple] = []
+
+    def score(self, run: Path, name: str, random_weights: bool = False):
+        """(trials, {backend: scores}, {backend: info}, weights source) of one run (or its random weights)."""
+        key = (str(run), random_weights)
+        if key not in self.models:
+            self.models[key] = load_model(run, self.average, self.device, random_weights, self.best)
+        model, config, source = self.models[key]
+
+        def cohort() -> tuple[torch.Tensor, dict]:
+            if key not in self.cohorts:
+                self.cohorts[key] = build_run_cohort(model, config, self.device, self.backends, self.progress)
+            return self.cohorts[key]
+
+        trials, scores, info = score_backends(model, name, config, self.device, self.backends, cohort,
+                                              progress=self.progress)
+        return trials, scores, info, source
+
+
+def _record(run_dir: Path, name: str, suffix: str, trials: Trials, scores: dict, info: dict, source: str,
+            results: dict) -> dict[str, dict]:
+    """Write one system's score files and results.json entries (into `results`); returns {backend: metrics}."""
+    metrics = {}
+    for backend, values in scores.items():
+        plain = backend == "cosine"
+        file_name = f"{slug(name)}{suffix}" + ("" if plain else f"_{backend}")
+        write_scores(run_dir / "scores" / f"{file_name}.score", trials.enroll, trials.test, values, trials.labels)
+        metrics[backend] = full_metrics(values, trials.labels)
+        results[f"test/{slug(name)}{suffix}" + ("" if plain else f"/{backend}")] = {
+            **metrics[backend], **info[backend], "weights": source}
+    return metrics
+
+
+def _score_run_systems(state: _RunEvaluation, run_dir: Path, name: str, systems: dict[str, bool], results: dict,
+                       plots: bool) -> dict:
+    """Score one trial list with the run (and its random weights), write outputs and plots; returns the run's
+    curves for the comparison figure."""
+    curves, histograms, compared = {}, {}, {}
+    for label, random_weights in systems.items():
+        trials, scores, info, source = state.score(run_dir, name, random_weights)
+        metrics = _record(run_dir, name, "_random" if random_weights else "", trials, scores, info, source, results)
+        for backend, values in scores.items():
+            system = label if backend == "cosine" else f"{label}, {backend}"
+            curves[f"{run_dir.name} ({system})"] = (values, trials.labels)
+            histograms[system] = (values, trials.labels)
+            state.table.append((name, run_label(run_dir), label, backend, metrics[backend]))
+            if not random_weights:
+                compared[_curve_name(run_dir, backend, len(scores))] = (values, trials.labels)
+    if plots:
+        plot_det(curves, run_dir / f"det_{slug(name)}.png", title=f"{run_dir} on {name}")
+        plot_score_histograms(histograms, run_dir / f"hist_{slug(name)}.png")
+    return compared
+
+
+def _score_compared_runs(state: _RunEvaluation, others: list[Path], name: str, compared: dict) -> None:
+    """Score one trial list with the compared runs (nothing written to their folders); adds their curves."""
+    for other in others:
+        trials, scores, _, _ = state.score(other, name)
+        for backend, values in scores.items():
+            compared[_curve_name(other, backend, len(scores))] = (values, trials.labels)
+            state.table.append((name, run_label(other), "trained", backend, full_metrics(values, trials.labels)))
 
 
 def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use_average: bool | None = None,
@@ -301,64 +299,25 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     model_best.pt (the best validation score) instead; every results.json entry names its weights file.
     """
     run_dir = Path(run_dir)
-    backends = backends or Backends()
     config = load_run_config(run_dir)
     names = trials_names or config.evaluation.trials
     average = config.evaluation.use_average if use_average is None else use_average
     torch_device = resolve_device(device if device != "auto" else config.evaluation.device)
     systems = {"trained": False} | ({"random weights": True} if random_baseline else {})
-    compare = [Path(r) for r in (compare or [])]
-    for other in compare:
+    others = [Path(r) for r in (compare or [])]
+    for other in others:
         load_run_config(other)  # fail before any work when a compared run is not a run
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    cohorts: dict[tuple[str, bool], tuple[torch.Tensor, dict]] = {}
-
-    def cohort_of(run: Path, random_weights: bool, model, run_config):
-        def get():
-            key = (str(run), random_weights)
-            if key not in cohorts:
-                cohorts[key] = build_run_cohort(model, run_config, torch_device, backends, progress)
-            return cohorts[key]
-
-        return get
-
-    table = []
+    state = _RunEvaluation(backends or Backends(), torch_device, average, best, progress)
     for name in names:
-        curves, histograms, compared = {}, {}, {}
-        for label, random_weights in systems.items():
-            model, config, source = load_model(run_dir, average, torch_device, random_weights, best)
-            trials, scores, info = score_backends(model, name, config, torch_device, backends,
-                                                  cohort_of(run_dir, random_weights, model, config), progress)
-            suffix = "" if not random_weights else "_random"
-            for backend, values in scores.items():
-                plain = backend == "cosine"
-                file_name = f"{slug(name)}{suffix}" + ("" if plain else f"_{backend}")
-                write_scores(run_dir / "scores" / f"{file_name}.score", trials.enroll, trials.test, values, trials.labels)
-                metrics = full_metrics(values, trials.labels)
-                results[f"test/{slug(name)}{suffix}" + ("" if plain else f"/{backend}")] = {
-                    **metrics, **info[backend], "weights": source}
-                system = label if plain else f"{label}, {backend}"
-                curves[f"{run_dir.name} ({system})"] = (values, trials.labels)
-                histograms[system] = (values, trials.labels)
-                table.append((name, run_label(run_dir), label, backend, metrics))
-                if not random_weights:
-                    compared[_curve_name(run_dir, backend, len(scores))] = (values, trials.labels)
-        if plots:
-            plot_det(curves, run_dir / f"det_{slug(name)}.png", title=f"{run_dir} on {name}")
-            plot_score_histograms(histograms, run_dir / f"hist_{slug(name)}.png")
-        if compare:
-            for other in compare:
-                model, other_config, _ = load_model(other, average, torch_device, best=best)
-                trials, scores, _ = score_backends(model, name, other_config, torch_device, backends,
-                                                   cohort_of(other, False, model, other_config), progress)
-                for backend, values in scores.items():
-                    compared[_curve_name(other, backend, len(scores))] = (values, trials.labels)
-                    table.append((name, run_label(other), "trained", backend, full_metrics(values, trials.labels)))
+        compared = _score_run_systems(state, run_dir, name, systems, results, plots)
+        if others:
+            _score_compared_runs(state, others, name, compared)
             if plots:
-                plot_det(compared, run_dir / f"det_{slug(name)}_compare.png", title=f"{len(compare) + 1} runs on {name}")
+                plot_det(compared, run_dir / f"det_{slug(name)}_compare.png", title=f"{len(others) + 1} runs on {name}")
     results_path.write_text(json.dumps(results, indent=2))
-    print(format_table(table, show_run=bool(compare)))
+    print(format_table(state.table, show_run=bool(others)))
     return results
 
 

@@ -11,110 +11,18 @@ einsum reduces each pair of crop sets to the mean of its N x N cosine matrix. Si
 mean_ij <e_i, t_j> = <mean_i e_i, mean_j t_j>, the einsum contracts to a dot product of crop means, so the cost
 is that of plain cosine scoring (no N x N matrix is materialised).
 
-Score normalisation against a cohort uses the same definition of an utterance-vs-cohort score: the mean over the
-utterance's crops of the cosine with a cohort row (`crop_cohort_statistics`).
+The crops themselves are read and embedded by sslsv.evaluation.embeddings (`extract_embeddings` with
+`Crops(seconds, count)`, `read_crops`). Score normalisation against a cohort uses the same definition of an
+utterance-vs-cohort score: the mean over the utterance's crops of the cosine with a cohort row
+(sslsv.evaluation.normalization, through `utterance_vectors`).
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["crop_cohort_statistics", "crop_starts", "extract_multicrop_embeddings", "multicrop_scores", "read_crops",
-           "utterance_vectors"]
-
-
-def crop_starts(num_samples: int, crop_samples: int, num_crops: int) -> np.ndarray:
-    """Start of each of `num_crops` evenly spaced crops of `crop_samples` in a signal of `num_samples`.
-
-    Args:
-        num_samples: length of the (already repeated, if shorter) signal.
-        crop_samples: crop length.
-        num_crops: N >= 1.
-
-    Returns:
-        (N,) int64 starts, from 0 to num_samples - crop_samples (all 0 when the signal is not longer than a crop).
-    """
-    if num_crops < 1 or crop_samples < 1:
-        raise ValueError(f"num_crops and crop_samples must be >= 1, got {num_crops} and {crop_samples}")
-    last = max(0, num_samples - crop_samples)
-    return np.round(np.linspace(0, last, num_crops)).astype(np.int64)
-
-
-def read_crops(path: str | Path, sample_rate: int, crop_seconds: float, num_crops: int) -> np.ndarray:
-    """The (N, S) float32 crops of one file (S = round(crop_seconds * sample_rate)); see the module docstring."""
-    from sslsv.audio.io import read_audio
-
-    wave = read_audio(path, sample_rate)
-    size = int(round(crop_seconds * sample_rate))
-    if size < 1:
-        raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
-    if len(wave) < size:
-        wave = np.resize(wave, size)  # repeats the file cyclically: no zero padding
-    starts = crop_starts(len(wave), size, num_crops)
-    return np.stack([wave[s:s + size] for s in starts]).astype(np.float32, copy=False)
-
-
-class _CropsDataset(Dataset):
-    def __init__(self, paths: Sequence[str], sample_rate: int, crop_seconds: float, num_crops: int):
-        self.paths, self.sample_rate, self.crop_seconds, self.num_crops = list(paths), sample_rate, crop_seconds, num_crops
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(read_crops(self.paths[i], self.sample_rate, self.crop_seconds, self.num_crops))
-
-
-def extract_multicrop_embeddings(model, paths: Sequence[str | Path], sample_rate: int, crop_seconds: float,
-                                 num_crops: int, device: str | torch.device = "cpu", batch_seconds: float = 300.0,
-                                 num_workers: int = 0, progress: bool = True) -> torch.Tensor:
-    """Embed N evenly spaced crops of every file.
-
-    Args:
-        model: waveform (B, S) on `device` -> (B, D); the caller chooses train/eval mode.
-        paths: (U,) audio files.
-        sample_rate: rate the model expects.
-        crop_seconds: L, the length of a crop.
-        num_crops: N, crops per file.
-        device: where the model runs.
-        batch_seconds: audio fed to the model per batch (files per batch = batch_seconds / (N L), at least 1).
-        num_workers: DataLoader worker processes reading the audio.
-        progress: tqdm bar on stderr.
-
-    Returns:
-        (U, N, D) float32 CPU tensor (raw, not normalised); (0, N, 0) for no paths.
-    """
-    if crop_seconds <= 0 or num_crops < 1:
-        raise ValueError(f"need crop_seconds > 0 and num_crops >= 1, got {crop_seconds} and {num_crops}")
-    paths = [str(p) for p in paths]
-    if not paths:
-        return torch.empty(0, num_crops, 0)
-    files_per_batch = max(1, int(batch_seconds // (num_crops * crop_seconds)))
-    loader = DataLoader(_CropsDataset(paths, sample_rate, crop_seconds, num_crops), batch_size=files_per_batch,
-                        shuffle=False, num_workers=num_workers)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc="multi-crop embeddings", unit="file", file=sys.stderr, dynamic_ncols=True)
-    out = []
-    device = torch.device(device)
-    with torch.inference_mode():
-        for crops in loader:  # (B, N, S)
-            b, n, s = crops.shape
-            emb = model(crops.reshape(b * n, s).to(device=device, dtype=torch.float32))
-            out.append(emb.float().cpu().reshape(b, n, -1))
-            if bar is not None:
-                bar.update(b)
-    if bar is not None:
-        bar.close()
-    return torch.cat(out).clone()
+__all__ = ["multicrop_scores", "utterance_vectors"]
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -167,20 +75,3 @@ def utterance_vectors(embeddings) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"embeddings must be (U, D) or (U, N, D), got shape {tuple(e.shape)}")
     mean = F.normalize(e, dim=-1).mean(dim=1)
     return mean, mean.norm(dim=1)
-
-
-def crop_cohort_statistics(embeddings, cohort, top_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of each utterance's cohort scores, a cohort score being the mean crop cosine with a cohort row.
-
-    For (U, D) embeddings this is exactly normalization.cohort_statistics; for (U, N, D) the per-crop-averaged
-    scores are |m| * cos(m, c) (see utterance_vectors), so the statistics of cos(m, c) are scaled by |m| (top-n
-    selection is unchanged by a positive scale).
-
-    Returns:
-        (mean, std), each (U,) float32.
-    """
-    from sslsv.evaluation.normalization import cohort_statistics
-
-    direction, scale = utterance_vectors(embeddings)
-    mean, std = cohort_statistics(direction, cohort, top_n)
-    return mean * scale.to(mean.device), std * scale.to(std.device)

@@ -14,6 +14,11 @@ Statistics depend on a single utterance, not on the trial, so they are computed 
 top-k is taken once per row, and each trial gathers its two utterances' statistics. Cost: U x C x D flops for the
 matmuls plus one gather per trial, with no Python loop over trials (VoxCeleb1-E: 580k trials, ~4.7k utterances).
 
+Embeddings are (U, D) full-length embeddings or (U, N, D) crop embeddings (multi-crop scoring). For crops, an
+utterance's cohort score is the mean over its crops of the cosine with a cohort row, the counterpart of the mean
+N x N crop cosine used as trial score; it equals |m| cos(m, c) with m the mean of the normalised crops
+(multicrop.utterance_vectors), so the statistics are those of m scaled by |m|.
+
 The cohort is usually the training set: one embedding per utterance (crops averaged), or one per speaker when
 labels are given. For pure self-supervised results, speaker labels must not be used: average per pseudo-speaker
 (cluster labels) or per utterance instead.
@@ -25,6 +30,9 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sslsv.evaluation.multicrop import multicrop_scores, utterance_vectors
+from sslsv.evaluation.scoring import cosine_scores
 
 __all__ = ["METHODS", "build_cohort", "cohort_statistics", "normalize_scores"]
 
@@ -71,10 +79,11 @@ def build_cohort(embeddings, labels: Sequence | None = None) -> torch.Tensor:
 
 def cohort_statistics(embeddings, cohort, top_n: int | None = None,
                       chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population std of each embedding's cosine scores against the cohort (optionally top_n only).
+    """Mean and population std of each utterance's cohort scores (optionally its top_n highest only).
 
     Args:
-        embeddings: (U, D) utterance embeddings (normalised here).
+        embeddings: (U, D) utterance embeddings (normalised here), or (U, N, D) crop embeddings, whose cohort
+            score is the mean crop cosine with a cohort row (see the module docstring).
         cohort: (C, D) cohort from build_cohort (normalised here too, harmlessly).
         top_n: use only the top_n highest scores of each row (AS-norm); None = all C.
         chunk: rows per matmul, which bounds memory at chunk x C floats.
@@ -82,7 +91,18 @@ def cohort_statistics(embeddings, cohort, top_n: int | None = None,
     Returns:
         (mean, std), each (U,) float32 on the embeddings' device.
     """
-    e = F.normalize(_tensor(embeddings).float(), dim=1)
+    x = _tensor(embeddings)
+    if x.dim() == 3:
+        # Top-n selection is unchanged by the positive scale |m|; the statistics scale with it.
+        direction, scale = utterance_vectors(x)
+        mean, std = _statistics(direction, cohort, top_n, chunk)
+        return mean * scale.to(mean.device), std * scale.to(std.device)
+    return _statistics(x, cohort, top_n, chunk)
+
+
+def _statistics(embeddings: torch.Tensor, cohort, top_n: int | None, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cohort_statistics of (U, D) embeddings."""
+    e = F.normalize(embeddings.float(), dim=1)
     c = F.normalize(_tensor(cohort, e.device).float(), dim=1)
     if e.dim() != 2 or c.dim() != 2 or e.shape[1] != c.shape[1]:
         raise ValueError(f"embeddings {tuple(e.shape)} and cohort {tuple(c.shape)} must be (U, D) and (C, D)")
@@ -109,14 +129,15 @@ def normalize_scores(embeddings, enroll_idx, test_idx, cohort, method: Method = 
     costs nothing extra.
 
     Args:
-        embeddings: (N, D) utterance embeddings (tensor on any device, or numpy).
+        embeddings: (N, D) utterance embeddings or (N, K, D) crop embeddings (tensor on any device, or numpy).
         enroll_idx: (T,) row of each trial's enrolment utterance.
         test_idx: (T,) row of each trial's test utterance.
         cohort: (C, D) cohort (build_cohort).
         method: "z", "t", "s" or "as".
         top_n: cohort scores kept per utterance for "as" (ignored for z/t/s, which use the whole cohort);
             clipped to C.
-        scores: (T,) raw scores; default the cosine similarity of the pair.
+        scores: (T,) raw scores; default the cosine similarity of the pair (for crops, the mean K x K crop
+            cosine, multicrop_scores).
         chunk: rows per cohort matmul.
         eps: added to the standard deviations.
 
@@ -133,10 +154,10 @@ def normalize_scores(embeddings, enroll_idx, test_idx, cohort, method: Method = 
     if len(enroll) and (min(int(enroll.min()), int(test.min())) < 0
                         or max(int(enroll.max()), int(test.max())) >= e.shape[0]):
         raise IndexError(f"trial indices must be in [0, {e.shape[0]})")
+    if e.dim() not in (2, 3):
+        raise ValueError(f"embeddings must be (N, D) or (N, K, D), got shape {tuple(e.shape)}")
     if scores is None:
-        from sslsv.evaluation.scoring import cosine_scores
-
-        scores = cosine_scores(e, enroll, test)
+        scores = cosine_scores(e, enroll, test) if e.dim() == 2 else multicrop_scores(e, enroll, test)
     s = _tensor(scores).float().cpu().reshape(-1)
     if s.shape != enroll.shape:
         raise ValueError(f"{len(s)} scores for {len(enroll)} trials")

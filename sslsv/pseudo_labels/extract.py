@@ -12,6 +12,7 @@ very long files.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ import torch
 
 from sslsv.config import ConfigError
 from sslsv.data.manifest import Manifest
-from sslsv.training import distributed
+from sslsv import distributed
+from sslsv.evaluation import embeddings
+
+CROP_SEED = 12345  # crops of row i are drawn with default_rng([CROP_SEED, i]): the same on every run and rank
 
 
 @dataclass
@@ -55,32 +59,6 @@ def _atomic_save_npy(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-class _CropDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], num_samples: int, sample_rate: int, first_row: int):
-        self.paths, self.num_samples, self.sample_rate, self.first_row = paths, num_samples, sample_rate, first_row
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from sslsv.audio.io import read_crop
-
-        rng = np.random.default_rng([12345, self.first_row + i])  # the same crop on every run and rank
-        return torch.from_numpy(read_crop(self.paths[i], self.num_samples, self.sample_rate, rng))
-
-
-def embed_crops(model: torch.nn.Module, paths: list[str], sample_rate: int, crop_seconds: float, device: torch.device,
-                batch_size: int = 128, num_workers: int = 2, first_row: int = 0) -> np.ndarray:
-    """(N, D) float32 embeddings of one deterministic `crop_seconds` crop of each file."""
-    dataset = _CropDataset(paths, int(round(crop_seconds * sample_rate)), sample_rate, first_row)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    out = []
-    with torch.inference_mode():
-        for waves in loader:
-            out.append(model(waves.to(device)).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
 def extract_representations(model: torch.nn.Module, manifest: Manifest, data_root: str | Path, out_dir: str | Path,
                             cfg: ExtractionConfig, sample_rate: int, device: torch.device, progress: bool = True,
                             source: str = "") -> np.ndarray:
@@ -91,8 +69,6 @@ def extract_representations(model: torch.nn.Module, manifest: Manifest, data_roo
         source: a description of the weights, recorded in meta.json; a folder made from other weights or another
             manifest is refused rather than silently mixed.
     """
-    from sslsv.evaluation.embeddings import extract_embeddings
-
     out_dir = Path(out_dir)
     final = out_dir / "embeddings.npy"
     n = len(manifest)
@@ -119,13 +95,7 @@ def extract_representations(model: torch.nn.Module, manifest: Manifest, data_roo
             if path.exists():
                 continue  # finished before an interruption
             start, stop = shard * cfg.shard_size, min(n, (shard + 1) * cfg.shard_size)
-            paths = [str(root / f) for f in manifest.files[start:stop]]
-            if cfg.crop_seconds is None:
-                emb = extract_embeddings(model, paths, sample_rate, device, cfg.batch_seconds, cfg.max_trim,
-                                         progress=progress, num_workers=cfg.num_workers).numpy()
-            else:
-                emb = embed_crops(model, paths, sample_rate, cfg.crop_seconds, device, cfg.crop_batch_size,
-                                  cfg.num_workers, first_row=start)
+            emb = _embed_rows(model, manifest, root, start, stop, cfg, sample_rate, device, progress)
             _atomic_save_npy(np.ascontiguousarray(emb, dtype=np.float32), path)
             if progress:
                 print(f"[rank {rank}] shard {shard + 1}/{shards} ({stop - start} utterances) -> {path}")
@@ -134,6 +104,19 @@ def extract_representations(model: torch.nn.Module, manifest: Manifest, data_roo
             _concatenate(out_dir, shards, n, final)
         distributed.barrier()
     return np.load(final, mmap_mode="r")
+
+
+def _embed_rows(model: torch.nn.Module, manifest: Manifest, root: Path, start: int, stop: int,
+                cfg: ExtractionConfig, sample_rate: int, device: torch.device, progress: bool) -> np.ndarray:
+    """(stop - start, D) embeddings of manifest rows [start, stop): full length, or one seeded crop each."""
+    paths = [str(root / f) for f in manifest.files[start:stop]]
+    if cfg.crop_seconds is None:
+        return embeddings.extract_embeddings(model, paths, sample_rate, device, cfg.batch_seconds, cfg.max_trim,
+                                             progress=progress, num_workers=cfg.num_workers).numpy()
+    crops = embeddings.Crops(cfg.crop_seconds, count=1, seed=CROP_SEED, first_row=start)
+    emb = embeddings.extract_embeddings(model, paths, sample_rate, device, batch_seconds=math.inf, progress=progress,
+                                        num_workers=cfg.num_workers, crops=crops, batch_size=cfg.crop_batch_size)
+    return emb[:, 0].numpy()
 
 
 def _concatenate(out_dir: Path, shards: int, n: int, final: Path) -> None:
@@ -155,8 +138,8 @@ def _concatenate(out_dir: Path, shards: int, n: int, final: Path) -> None:
 def extract_run(run_dir: str | Path, manifest: Manifest, data_root: str | Path, out_dir: str | Path,
                 cfg: ExtractionConfig | None = None, progress: bool = True) -> np.ndarray:
     """Load a run's model (sslsv.evaluation.evaluate.load_model) and embed the manifest with it."""
-    from sslsv.evaluation.evaluate import load_model
-    from sslsv.training.trainer import resolve_device
+    from sslsv.distributed import resolve_device
+    from sslsv.runs import load_model
 
     cfg = cfg or ExtractionConfig()
     device = resolve_device(cfg.device)

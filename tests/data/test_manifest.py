@@ -153,3 +153,27 @@ def test_import_kaldi(corpus, tmp_path):
 def test_manifest_dataclass_defaults():
     manifest = Manifest(["a/b/c.wav"], ["a"], None, None, "x.csv")
     assert manifest.line_of(0) == 2 and len(manifest) == 1
+
+
+def test_subset_picks_every_column_alike(tmp_path):
+    (tmp_path / "m.csv").write_text("File,Speaker,Session,Duration\na.wav,s1,x,1.0\n\nb.wav,s2,y,2.0\nc.wav,s1,z,3.0\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    sub = manifest.subset(np.array([2, 0]))
+    assert sub.files == ["c.wav", "a.wav"] and sub.speakers == ["s1", "s1"] and sub.sessions == ["z", "x"]
+    assert sub.durations == [3.0, 1.0] and sub.path == manifest.path
+    assert sub.line_of(0) == 5 and sub.line_of(1) == 2  # still lines of the original file
+    assert len(manifest) == 3  # unchanged
+    masked = manifest.subset(np.array([False, True, True]), tmp_path / "out.csv", speakers=["c1", "c2"])
+    assert masked.files == ["b.wav", "c.wav"] and masked.speakers == ["c1", "c2"] and masked.sessions == ["y", "z"]
+    assert masked.path == str(tmp_path / "out.csv") and masked.line_of(0) == 2  # a new file's lines
+    write_manifest(masked, masked.path)
+    assert read_manifest(masked.path).files == masked.files
+    assert len(manifest.subset([])) == 0
+    plain = Manifest(["a", "b"], ["s", "t"], None, None, "p.csv")
+    assert plain.subset([1]).line_of(0) == 3 and plain.subset([1]).sessions is None
+    with pytest.raises(ManifestError, match="1 speaker labels for a subset of 2"):
+        manifest.subset([0, 1], speakers=["c"])
+    with pytest.raises(IndexError, match="subset rows"):
+        manifest.subset([3])
+    with pytest.raises(IndexError, match="mask"):
+        manifest.subset(np.array([True]))

@@ -4,7 +4,8 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from sslsv.evaluation.embeddings import _read_audio, extract_embeddings, plan_batches
+from sslsv.audio.io import read_audio
+from sslsv.evaluation.embeddings import Crops, extract_embeddings, plan_batches, read_crops
 
 SR = 16000
 
@@ -67,6 +68,9 @@ def test_plan_batches_rules():
     batches = plan_batches([100] * 7, max_samples=300, max_trim=0.0)
     assert [len(b) for b in batches] == [3, 3, 1]
     assert [len(b) for b in plan_batches([1000, 1000], max_samples=10, max_trim=0.5)] == [1, 1]
+    # max_files caps a batch; equal lengths stay in their order (consecutive chunks).
+    batches = plan_batches([100] * 7, max_samples=1e9, max_trim=0.0, max_files=3)
+    assert [b.tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -120,9 +124,9 @@ def test_resampling_and_stereo(tmp_path):
     up = resample_poly(w8k, 2, 1).astype(np.float32)
     down = resample_poly(w441, 160, 441).astype(np.float32)
     assert len(up) == 16000 and len(down) == 16000
-    np.testing.assert_allclose(_read_audio(str(tmp_path / "a.wav"), SR), up, atol=1e-6)
-    np.testing.assert_allclose(_read_audio(str(tmp_path / "b.flac"), SR), stereo, atol=1e-4)  # FLAC is 16-bit
-    expected = _one_by_one(model, [up, _read_audio(str(tmp_path / "b.flac"), SR), down])
+    np.testing.assert_allclose(read_audio(str(tmp_path / "a.wav"), SR), up, atol=1e-6)
+    np.testing.assert_allclose(read_audio(str(tmp_path / "b.flac"), SR), stereo, atol=1e-4)  # FLAC is 16-bit
+    expected = _one_by_one(model, [up, read_audio(str(tmp_path / "b.flac"), SR), down])
     torch.testing.assert_close(emb, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -151,14 +155,57 @@ def test_read_failure_inside_dataloader_worker_is_named(tmp_path, monkeypatch):
 
     _write(tmp_path / "good.wav", 4000)
     _write(tmp_path / "bad.wav", 4000, seed=1)
-    original = module._read_audio
+    original = module.read_audio
 
     def flaky(path, sample_rate):
-        if path.endswith("bad.wav"):
+        if str(path).endswith("bad.wav"):
             raise RuntimeError(f"cannot read audio file {path}: truncated data")
         return original(path, sample_rate)
 
-    monkeypatch.setattr(module, "_read_audio", flaky)  # workers are forked after this
+    monkeypatch.setattr(module, "read_audio", flaky)  # workers are forked after this
     with pytest.raises(RuntimeError, match="bad.wav"):
         extract_embeddings(ToyModel(), ["good.wav", "bad.wav"], SR, "cpu", root=tmp_path, progress=True,
                            num_workers=2)
+
+
+def test_evenly_spaced_crops_equal_model_on_read_crops(corpus):
+    root, paths, waves, lengths = corpus
+    model = ToyModel()
+    emb = extract_embeddings(model, paths, SR, "cpu", batch_seconds=3 * 2 * 0.25, root=root, progress=False,
+                             num_workers=0, crops=Crops(0.25, count=3))
+    assert emb.shape == (len(paths), 3, 6) and not emb.is_inference()
+    assert model.calls == [(6, 4000)] * 5  # 2 files of 3 crops per batch, in file order
+    crops = [read_crops(root / p, SR, 0.25, 3) for p in paths]
+    expected = torch.stack([_one_by_one(model, c) for c in crops])
+    torch.testing.assert_close(emb, expected, rtol=1e-5, atol=1e-6)
+    assert extract_embeddings(model, [], SR, "cpu", progress=False, crops=Crops(0.25, count=3)).shape == (0, 3, 0)
+
+
+def test_seeded_crops_depend_on_the_row_only(corpus):
+    root, paths, waves, lengths = corpus
+    model = ToyModel()
+    crops = Crops(0.2, count=1, seed=7, first_row=100)
+    whole = extract_embeddings(model, paths, SR, "cpu", root=root, progress=False, num_workers=0, crops=crops,
+                               batch_size=4)
+    assert max(b for b, _ in model.calls) == 4
+    tail = extract_embeddings(model, paths[5:], SR, "cpu", root=root, progress=False, num_workers=0,
+                              crops=Crops(0.2, count=1, seed=7, first_row=105))
+    torch.testing.assert_close(tail, whole[5:])
+    other = extract_embeddings(model, paths, SR, "cpu", root=root, progress=False, num_workers=0,
+                               crops=Crops(0.2, count=1, seed=8, first_row=100))
+    assert not torch.allclose(other, whole)
+
+
+def test_waveforms_and_files_in_one_call(corpus):
+    root, paths, waves, lengths = corpus
+    model = ToyModel()
+    items = [root / paths[0], torch.from_numpy(waves[1]), waves[2].astype(np.float64), str(root / paths[3])]
+    emb = extract_embeddings(model, items, SR, "cpu", max_trim=0.0, progress=False, num_workers=0)
+    assert sorted(model.calls) == [(1, 8000), (1, 12000), (2, 4000)]  # one batch per exact length
+    torch.testing.assert_close(emb, _one_by_one(model, waves[:4]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="item 1: expected a path"):
+        extract_embeddings(model, [paths[0], 3], SR, "cpu", root=root, progress=False)
+    with pytest.raises(ValueError, match="item 0 is an empty waveform"):
+        extract_embeddings(model, [np.zeros(0)], SR, "cpu", progress=False)
+    with pytest.raises(ValueError, match="crops are read from files"):
+        extract_embeddings(model, [waves[0]], SR, "cpu", progress=False, crops=Crops(0.1))

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslsv.evaluation.evaluate import RunError, evaluate_run, latest_run, load_model
+from sslsv.evaluation.evaluate import evaluate_run
+from sslsv.runs import RunError, latest_run, load_model
 from sslsv.evaluation.scoring import read_scores
 
 ROOT = Path(__file__).resolve().parents[2]

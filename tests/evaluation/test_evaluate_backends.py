@@ -8,10 +8,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from sslsv.cli import evaluate_main
-from sslsv.evaluation.evaluate import Backends, RunError, evaluate_run, load_model, normalize_with_cohort, slug
-from sslsv.evaluation.multicrop import crop_starts, multicrop_scores, read_crops
-from sslsv.evaluation.normalization import normalize_scores
+from sslsv.cli.evaluate import main as evaluate_main
+from sslsv.evaluation.embeddings import crop_starts, read_crops
+from sslsv.evaluation.evaluate import Backends, evaluate_run, slug
+from sslsv.runs import RunError, load_model
+from sslsv.evaluation.multicrop import multicrop_scores
+from sslsv.evaluation.normalization import cohort_statistics, normalize_scores
 from sslsv.evaluation.scoring import read_scores
 
 TRIALS = "tiny/small_trials.txt"
@@ -78,15 +80,21 @@ def test_normalisation_matches_reference_and_crop_definition():
     raw = (_unit(emb)[enroll] * _unit(emb)[test]).sum(1)
     for method in ("z", "t", "s", "as"):
         expected = normalize_scores(emb, enroll, test, cohort, method=method, top_n=5)
-        got = normalize_with_cohort(torch.tensor(emb), enroll, test, raw, cohort, method, 5 if method == "as" else None)
+        got = normalize_scores(torch.tensor(emb), enroll, test, cohort, method, 5, scores=raw)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # (U, 1, D) crops are full-length embeddings.
+    np.testing.assert_allclose(normalize_scores(emb[:, None], enroll, test, cohort, "as", 5),
+                               normalize_scores(emb, enroll, test, cohort, "as", 5), rtol=1e-5, atol=1e-5)
     crops = rng.standard_normal((6, 3, 8))
     scores = multicrop_scores(crops, enroll, test)
     per_utt = np.einsum("und,cd->unc", _unit(crops), cohort).mean(1)  # mean crop cosine with each cohort row
     top = np.sort(per_utt, axis=1)[:, -5:]
     mu, sd = top.mean(1), top.std(1)
+    mean, std = cohort_statistics(crops, cohort, 5)
+    np.testing.assert_allclose(mean.numpy(), mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), sd, rtol=1e-5, atol=1e-6)
     expected = 0.5 * ((scores - mu[enroll]) / sd[enroll] + (scores - mu[test]) / sd[test])
-    got = normalize_with_cohort(torch.tensor(crops), enroll, test, scores, cohort, "as", 5)
+    got = normalize_scores(torch.tensor(crops), enroll, test, cohort, "as", 5)  # crop scores by default
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 

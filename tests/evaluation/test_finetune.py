@@ -8,7 +8,7 @@ import pytest
 
 from sslsv.cli import main
 from sslsv.data.manifest import read_manifest
-from sslsv.evaluation.evaluate import RunError
+from sslsv.runs import RunError
 from sslsv.evaluation.finetune import finetune_run, stratified_subset
 from tests.evaluation.test_evaluate_backends import write_small_trials
 
