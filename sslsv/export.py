@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from sslsv.audio.features import LogMel
 from sslsv.encoders.base import SpeakerModel
-from sslsv.training.checkpoint import atomic_save, average_state_dicts, list_epoch_weights
+from sslsv.runs import RunLayout, atomic_save, average_state_dicts
 
 __all__ = ["ConvLogMel", "ExportError", "average_checkpoints", "export_onnx", "verify_onnx"]
 
@@ -172,7 +172,7 @@ def last_epoch_weights(run_dir: str | Path, last: int) -> list[Path]:
     Raises:
         ExportError: the run keeps fewer (trainer.average_last bounds how many are kept).
     """
-    found = list_epoch_weights(Path(run_dir) / "checkpoints")
+    found = RunLayout(run_dir).list_epoch_weights()
     if len(found) < last:
         raise ExportError(f"{run_dir}/checkpoints has {len(found)} weights_e*.pt file(s), fewer than --last {last} "
                           f"(the trainer keeps trainer.average_last of them)")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from sslsv.evaluation.evaluate import load_model
+from sslsv.runs import load_model
 from sslsv.export import ConvLogMel, ExportError, average_checkpoints, export_onnx, last_epoch_weights, verify_onnx
-from sslsv.training.checkpoint import load_checkpoint
+from sslsv.runs import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"

@@ -2,7 +2,7 @@
 Aggregation in TDNN Based Speaker Verification", Interspeech 2020, arXiv 2005.07143).
 
 Reference implementation (read, not copied): theolepage/sslsv `sslsv/encoders/ECAPATDNN.py`, which follows
-SpeechBrain's `speechbrain/lobes/models/ECAPA_TDNN.py`. Layout (../shared/reference/architectures.md, section 2):
+SpeechBrain's `speechbrain/lobes/models/ECAPA_TDNN.py`. Layout:
 
     TDNN(F -> C, k=5)                                   TDNN block = Conv1d ("same", reflect) -> ReLU -> BN
     3 x SE-Res2Block(C, k=3, dilation 2, 3, 4)          1x1 TDNN -> Res2Net(scale 8) -> 1x1 TDNN -> SE -> + x
@@ -139,11 +139,16 @@ class SERes2Block(nn.Module):
 class ECAPATDNN(Encoder):
     """ECAPA-TDNN (Desplanques et al., 2020): SE-Res2Blocks, multi-layer aggregation, attentive stats pooling.
 
+    Frames: the MFA output (B, C_last, T); layers: the first TDNN block and the three SE-Res2Blocks (B, 4, T, C).
+
     Args:
         cfg: widths (channels C, last_channels C_last), Res2Net scale, SE and attention bottlenecks, whether the
             pooling uses global context, embedding size.
         in_features: F, number of mel bands of the input (B, F, T).
     """
+
+    has_frames = True
+    has_layers = True
 
     def __init__(self, cfg: ECAPATDNNConfig, in_features: int):
         super().__init__()
@@ -160,8 +165,9 @@ class ECAPATDNN(Encoder):
         self.head = nn.Conv1d(self.pooling.out_dim, cfg.embed_dim, 1)
         self.embed_dim = cfg.embed_dim
         self.frame_dim = cfg.last_channels
+        self.num_layers, self.layer_dim = 1 + len(self.blocks), C
 
-    def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the first TDNN block and of the three SE-Res2Blocks: 4 tensors (B, C, T)."""
         x = self.stem(x)  # (B, F, T) -> (B, C, T)
         outputs = [x]
@@ -170,17 +176,35 @@ class ECAPATDNN(Encoder):
             outputs.append(x)
         return outputs
 
-    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+    def _aggregate(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """MFA output (B, C_last, T): the three SE-Res2Block outputs concatenated and mixed by a 1x1 TDNN."""
-        layers = self.forward_layers(x)
-        return self.mfa(torch.cat(layers[1:], dim=1))  # (B, 3C, T) -> (B, C_last, T)
+        return self.mfa(torch.cat(outputs[1:], dim=1))  # (B, 3C, T) -> (B, C_last, T)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pooling_norm(self.pooling(self.forward_frames(x)))  # (B, 2 C_last)
+    def _embed(self, frames: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooling_norm(self.pooling(frames))  # (B, 2 C_last)
         return self.head(pooled.unsqueeze(2)).squeeze(2)  # (B, embed_dim)
 
+    def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """The first TDNN block and the three SE-Res2Blocks stacked: (B, F, T) -> (B, 4, T, C)."""
+        return torch.stack(self._block_outputs(x), dim=1).transpose(2, 3)
 
-@ENCODERS.register("ecapa_tdnn", config=ECAPATDNNConfig)
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self._aggregate(self._block_outputs(x))
+
+    def frame_pooling(self) -> nn.Module:
+        return self.pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._embed(self.forward_frames(x))
+
+    def forward_with_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self._block_outputs(x)
+        return self._embed(self._aggregate(outputs)), torch.stack(outputs, dim=1).transpose(2, 3)
+
+
+@ENCODERS.register("ecapa_tdnn", config=ECAPATDNNConfig,
+                   example={"encoder": {"channels": 32, "last_channels": 96, "se_channels": 8,
+                                        "attention_channels": 8, "embed_dim": 16}})
 def ecapa_tdnn(cfg: ECAPATDNNConfig, in_features: int) -> ECAPATDNN:
     """ECAPA-TDNN, configurable; defaults C=1024, C_last=3072, 512-d (sslsv's 22.5 M at 40 mels)."""
     return ECAPATDNN(cfg, in_features)

@@ -4,7 +4,8 @@ Reference implementation: clovaai/voxceleb_trainer `models/ResNetSE34L.py` (also
 with base_dim 16). Half-width ResNet-34 with squeeze-excitation blocks on a log-mel input:
 stem conv 7x7 (stride 2 in frequency) -> SE-BasicBlocks [3, 4, 6, 3] at widths [16, 32, 64, 128] -> mean over
 frequency -> SAP/ASP -> linear head. Measured: 1,437,078 parameters with SAP, 40 mels, 512-d (the reference's
-count, see ../shared/reference/architectures.md); 0.447 GMACs per 2 s view at 40 mels.
+count, docs/encoders.md); 0.447 GMACs per 2 s view at 40 mels. Frames: the last stage averaged over frequency,
+(B, 8 * base_width, T / 4); no layer-wise states (the stages differ in shape).
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class SEBasicBlock(nn.Module):
 class FastResNet34(Encoder):
     """Fast ResNet-34 with SE blocks (Chung et al., 2020); 1.44 M parameters with SAP at 40 mels -> 512."""
 
+    has_frames = True
+
     def __init__(self, cfg: FastResNet34Config, in_features: int):
         super().__init__()
         widths = [cfg.base_width * m for m in (1, 2, 4, 8)]
@@ -121,12 +124,16 @@ class FastResNet34(Encoder):
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)[-1].mean(dim=2)  # (B, 128, T/4): average over frequency
 
+    def frame_pooling(self) -> nn.Module | None:
+        return self.pooling
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = self.forward_frames(x)
         return self.final_bn(self.head(self.pooling(frames)))
 
 
-@ENCODERS.register("fast_resnet34", config=FastResNet34Config)
+@ENCODERS.register("fast_resnet34", config=FastResNet34Config,
+                   example={"encoder": {"base_width": 4, "layers": [1, 1, 1, 1], "embed_dim": 32}})
 def fast_resnet34(cfg: FastResNet34Config, in_features: int) -> FastResNet34:
     """Fast ResNet-34 (Chung et al., 2020): half-width SE-ResNet-34, SAP, 512-d; 1.44 M parameters."""
     return FastResNet34(cfg, in_features)

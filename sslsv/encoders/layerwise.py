@@ -35,8 +35,8 @@ from torch import nn
 
 from sslsv.config import ConfigError
 from sslsv.encoders.base import Encoder
-from sslsv.encoders.redimnet import AttentiveStatsPooling, EmbeddingHead
-from sslsv.encoders.sv_mixer import SVMixerBackbone, SVMixerConfig
+from sslsv.encoders.blocks import EmbeddingHead, attentive_stats_pooling
+from sslsv.encoders.sv_mixer import TINY_MIXER, SVMixerBackbone, SVMixerConfig
 from sslsv.registry import ENCODERS
 
 
@@ -103,7 +103,7 @@ class LAPBackend(nn.Module):
                  dropout: float = 0.1, embed_dim: int = 192):
         super().__init__()
         self.lap = LayerAttentivePooling(num_layers, in_dim, lap_dim, heads, dropout=dropout)
-        self.pooling = AttentiveStatsPooling(lap_dim, bottleneck, True, "relu_bn", dropout)
+        self.pooling = attentive_stats_pooling(lap_dim, bottleneck, True, "relu_bn", dropout)
         self.head = EmbeddingHead(self.pooling.out_dim, embed_dim, embedding_bn=True)
 
     def forward_frames(self, states: torch.Tensor) -> torch.Tensor:
@@ -210,7 +210,7 @@ class UniPoolBackend(nn.Module):
         dim = 4 * width
         self.layer_pool = LayerAttentivePooling(num_layers, self.d3.out_dim, dim, heads, proj_dim=dim, bias=False,
                                                 dropout=dropout)
-        self.pooling = AttentiveStatsPooling(dim, dim // 2, True, "relu_bn", dropout)
+        self.pooling = attentive_stats_pooling(dim, dim // 2, True, "relu_bn", dropout)
         self.head = EmbeddingHead(self.pooling.out_dim, embed_dim, embedding_bn=True)
 
     def forward_frames(self, states: torch.Tensor) -> torch.Tensor:
@@ -260,48 +260,66 @@ class SVMixerUniPoolConfig:
 
 
 class _SVMixerWithBackend(Encoder):
+    """SV-Mixer front + layer-wise back-end. Frames: the back-end's layer-pooled sequence (B, frame_dim, T), which
+    its ASTP reads; layers: all SV-Mixer states (B, L+1, T, H), whichever of them the back-end reads."""
+
     input_kind = "waveform"
+    has_frames = True
+    has_layers = True
     backend: nn.Module
     skip_first_state: bool
+
+    def __init__(self, sv_mixer: SVMixerConfig):
+        super().__init__()
+        self.sv_mixer = SVMixerBackbone(sv_mixer)
+        self.num_layers, self.layer_dim = self.sv_mixer.num_layers, sv_mixer.hidden_size
 
     def forward_layers(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) -> SV-Mixer states (B, L+1, T, H)."""
         return self.sv_mixer.forward_layers(wave)
 
-    def _states(self, wave: torch.Tensor) -> torch.Tensor:
-        states = self.forward_layers(wave)
+    def _read(self, states: torch.Tensor) -> torch.Tensor:
+        """The states the back-end reads."""
         return states[:, 1:] if self.skip_first_state else states
 
     def forward_frames(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.backend.forward_frames(self._states(wave))
+        return self.backend.forward_frames(self._read(self.forward_layers(wave)))
+
+    def frame_pooling(self) -> nn.Module:
+        return self.backend.pooling
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.backend(self._states(wave))
+        return self.backend(self._read(self.forward_layers(wave)))
+
+    def forward_with_layers(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.forward_layers(wave)
+        return self.backend(self._read(states)), states
 
 
-@ENCODERS.register("sv_mixer_lap", config=SVMixerLAPConfig)
+@ENCODERS.register("sv_mixer_lap", config=SVMixerLAPConfig,
+                   example={"encoder": {"sv_mixer": dict(TINY_MIXER), "heads": 4, "lap_dim": 16,
+                                        "pool_bottleneck": 8, "embed_dim": 12}})
 class SVMixerLAP(_SVMixerWithBackend):
     """SV-Mixer + LAP/ASTP back-end (Kim et al., 2025) over all 13 states; 192-d, BN on the embedding."""
 
     skip_first_state = False  # LAP reads the embedding output too
 
     def __init__(self, cfg: SVMixerLAPConfig, in_features: int = 0):
-        super().__init__()
-        self.sv_mixer = SVMixerBackbone(cfg.sv_mixer)
+        super().__init__(cfg.sv_mixer)
         self.backend = LAPBackend(self.sv_mixer.num_layers, cfg.sv_mixer.hidden_size, cfg.lap_dim, cfg.heads,
                                   cfg.pool_bottleneck, cfg.dropout, cfg.embed_dim)
         self.embed_dim, self.frame_dim = cfg.embed_dim, cfg.lap_dim
 
 
-@ENCODERS.register("sv_mixer_unipool", config=SVMixerUniPoolConfig)
+@ENCODERS.register("sv_mixer_unipool", config=SVMixerUniPoolConfig,
+                   example={"encoder": {"sv_mixer": dict(TINY_MIXER), "width": 4, "heads": 4, "embed_dim": 12}})
 class SVMixerUniPool(_SVMixerWithBackend):
     """SV-Mixer + UniPool back-end (Kim et al., 2024) over states 1..L; 192-d, BN on the embedding."""
 
     skip_first_state = True  # UniPool reads layers 1..L
 
     def __init__(self, cfg: SVMixerUniPoolConfig, in_features: int = 0):
-        super().__init__()
-        self.sv_mixer = SVMixerBackbone(cfg.sv_mixer)
+        super().__init__(cfg.sv_mixer)
         self.backend = UniPoolBackend(cfg.sv_mixer.layers, cfg.sv_mixer.hidden_size, cfg.width, cfg.blocks,
                                       cfg.heads, cfg.dropout, cfg.embed_dim)
         self.embed_dim, self.frame_dim = cfg.embed_dim, 4 * cfg.width

@@ -8,7 +8,7 @@ from `(in_dim)` alone (further arguments have defaults) and exposes `out_dim`.
   arXiv 2005.07143, "channel- and context-dependent statistics pooling"; as wespeaker's `ASTP`, written here from
   the paper). 2C out.
 - lde: learnable dictionary encoding (Cai, Chen, Li, Odyssey 2018, arXiv 1804.05160; used by the FPM
-  paper, ../shared/papers/fpm_multiscale.txt, section 4). K*C out.
+  paper, Jung et al. 2020, arXiv 2004.03194, section 4). K*C out.
 - gru: the last state of a unidirectional GRU over the frames (256 units). CPC's autoregressive aggregator g_phi
   is this layer when the encoder uses it, so that the context CPC trains is the representation that is evaluated
   and exported (as theolepage/sslsv, whose CPC embeds an utterance as its aggregator's last state).

@@ -3,8 +3,8 @@
 Convention: MACs of Conv1d/Conv2d/ConvTranspose1d/ConvTranspose2d and Linear layers only, counted with forward
 hooks on one utterance (batch 1); 1 MAC = 2 FLOPs. Normalisation, activations, pooling arithmetic (attention
 softmax, LDE distances) and matrix products outside those layers are not counted; they are small next to the
-convolutions of the encoders here. This is the convention of ../shared/reference/architectures.md ("arith"):
-Fast ResNet-34 at 40 mels counts 0.447 GMACs for 2 s, ECAPA-TDNN C=1024/3072 3.77 GMACs.
+convolutions of the encoders here. This is the convention of the exact reference counts ("arith") quoted in
+docs/encoders.md: Fast ResNet-34 at 40 mels counts 0.447 GMACs for 2 s, ECAPA-TDNN C=1024/3072 3.77 GMACs.
 
 The input is the log-mel sequence the front-end would produce: 1 + samples // hop frames (torchaudio's centred
 STFT; 101 frames for 1 s at a 10 ms hop). Encoders that read waveforms (`input_kind == "waveform"`) get samples.
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from sslsv.encoders.base import Encoder
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -55,7 +57,7 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def profile_encoder(model: nn.Module, seconds: float = 1.0, sample_rate: int = 16000, n_mels: int = 40,
+def profile_encoder(model: Encoder, seconds: float = 1.0, sample_rate: int = 16000, n_mels: int = 40,
                     hop_ms: float = 10.0) -> dict:
     """Parameters, trainable parameters and conv/linear MACs per second of audio of an encoder.
 
@@ -70,7 +72,7 @@ def profile_encoder(model: nn.Module, seconds: float = 1.0, sample_rate: int = 1
     samples = int(round(seconds * sample_rate))
     frames = 1 + samples // int(round(sample_rate * hop_ms / 1000))
     device = next(model.parameters()).device
-    if getattr(model, "input_kind", "features") == "waveform":
+    if model.input_kind == "waveform":
         x = torch.randn(1, samples, device=device)
     else:
         x = torch.randn(1, n_mels, frames, device=device)

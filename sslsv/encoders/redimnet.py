@@ -3,7 +3,6 @@
 Reference implementations: IDRnD/ReDimNet `redimnet/model.py` (`ReDimNet`, `ReDimNetWrap`) @ceeb132 for the blocks and
 the head; wenet-e2e/wespeaker `wespeaker/models/redimnet.py` (`ReDimNetB0`..`B6`) @0602516 for the B0-B6 stage
 tables, which are the only public per-variant definitions (IDRnD ships its configs inside the released checkpoints).
-See ../../../shared/reference/architectures.md, section 3.
 
 One residual stream of shape (B, C*F, T) with C*F constant. Every stage i:
   x = sum_j softmax_j(w_i)[ch] * out_j                   (weighted aggregation of the stem and all previous outputs)
@@ -33,7 +32,7 @@ from torch import nn
 
 from sslsv.config import ConfigError
 from sslsv.encoders.base import Encoder
-from sslsv.encoders.pooling import ContextAttentiveStatisticsPooling, Pooling
+from sslsv.encoders.blocks import EmbeddingHead, attentive_stats_pooling
 from sslsv.registry import ENCODERS
 
 Block2d = Literal["convnext_like", "basic_resnet", "basic_resnet_fwse"]
@@ -56,7 +55,8 @@ class ReDimNetStage:
     att_red: int | None = None
 
 
-def _stages(*rows: tuple[int, int, int, int | None]) -> list[ReDimNetStage]:
+def stage_table(*rows: tuple[int, int, int, int | None]) -> list[ReDimNetStage]:
+    """Stages from (stride, blocks, conv_exp, att_red) rows."""
     return [ReDimNetStage(*row) for row in rows]
 
 
@@ -70,7 +70,7 @@ class ReDimNetConfig:
     block_1d: Block1d = "conv+att"  # wespeaker and SSRFNet use conv+att; "att" is IDRnD's class default
     group_divisor: int = 4  # channels per group in the grouped 3x3 convs
     stages: list[ReDimNetStage] = field(
-        default_factory=lambda: _stages((1, 2, 1, 12), (2, 2, 1, 12), (1, 3, 1, 12), (2, 4, 1, 8), (1, 4, 1, 8),
+        default_factory=lambda: stage_table((1, 2, 1, 12), (2, 2, 1, 12), (1, 3, 1, 12), (2, 4, 1, 8), (1, 4, 1, 8),
                                         (2, 4, 1, 4))
     )
     heads: int = 4  # attention heads in the 1-D blocks
@@ -149,7 +149,7 @@ PRESETS: dict[str, dict] = {
 def preset_config(variant: str, embed_dim: int = 192, embedding_bn: bool = False) -> ReDimNetConfig:
     """The full `ReDimNetConfig` of preset `variant` ("b0".."b6")."""
     spec = dict(PRESETS[variant])
-    spec["stages"] = _stages(*spec["stages"])
+    spec["stages"] = stage_table(*spec["stages"])
     return ReDimNetConfig(**spec, embed_dim=embed_dim, embedding_bn=embedding_bn)
 
 
@@ -376,36 +376,19 @@ class ReDimNetStageBlock(nn.Module):
         return self.context(to1d(x))  # (B, C*F, T)
 
 
-def AttentiveStatsPooling(in_dim: int, bottleneck: int = 128, global_context: bool = True,  # noqa: N802
-                          activation: Literal["tanh", "relu_bn"] = "tanh", dropout: float = 0.0) -> Pooling:
-    """The registry's ASTP with global context (sslsv/encoders/pooling.py) as ReDimNet, SSRFNet and the
-    layer-wise back-ends configure it: tanh (wespeaker/IDRnD) or ReLU + BN (LAP/UniPool). Shapes (B, C, T) -> (B, 2C)."""
-    relu_bn = activation == "relu_bn"
-    return ContextAttentiveStatisticsPooling(in_dim, bottleneck, global_context, tdnn=relu_bn, tanh=not relu_bn,
-                                             dropout=dropout)
-
-
-class EmbeddingHead(nn.Module):
-    """IDRnD head: BN(pooled) -> Linear -> embed_dim (-> BN when embedding_bn)."""
-
-    def __init__(self, in_dim: int, embed_dim: int, embedding_bn: bool):
-        super().__init__()
-        self.norm = nn.BatchNorm1d(in_dim)
-        self.linear = nn.Linear(in_dim, embed_dim)
-        self.embedding_norm = nn.BatchNorm1d(embed_dim) if embedding_bn else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding_norm(self.linear(self.norm(x)))
-
-
 class ReDimNet(Encoder):
     """ReDimNet: log-mels (B, F, T) -> 192-d embedding, one (B, C*F, T) stream reshaped to 2-D inside each stage.
+
+    Frames: the final aggregation (B, C*F, T); layers: the stem and stage outputs (B, stages + 1, T, C*F).
 
     Args:
         cfg: the architecture (a preset's, or the generic `redimnet` section).
         in_features: features.n_mels; must equal cfg.freq_bins.
         name: registry name used in error messages.
     """
+
+    has_frames = True
+    has_layers = True
 
     def __init__(self, cfg: ReDimNetConfig, in_features: int, name: str = "redimnet"):
         super().__init__()
@@ -421,10 +404,11 @@ class ReDimNet(Encoder):
             self.stages.append(block)
             c, f = block.c, block.f
         self.final_aggregation = WeightedAggregation(len(cfg.stages) + 1, width)
-        self.pooling = AttentiveStatsPooling(width, cfg.pool_bottleneck, cfg.global_context)
+        self.pooling = attentive_stats_pooling(width, cfg.pool_bottleneck, cfg.global_context)
         self.head = EmbeddingHead(self.pooling.out_dim, cfg.embed_dim, cfg.embedding_bn)
         self.embed_dim = cfg.embed_dim
-        self.frame_dim = width
+        self.frame_dim = self.layer_dim = width
+        self.num_layers = len(cfg.stages) + 1
 
     def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stage outputs stacked: (B, F, T) -> (B, num_stages + 1, T, C*F)."""
@@ -434,8 +418,16 @@ class ReDimNet(Encoder):
         """Final aggregated frame features: (B, F, T) -> (B, C*F, T)."""
         return self.final_aggregation(self._outputs(x))
 
+    def frame_pooling(self) -> nn.Module:
+        return self.pooling
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooling(self.forward_frames(x)))
+
+    def forward_with_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self._outputs(x)
+        embedding = self.head(self.pooling(self.final_aggregation(outputs)))
+        return embedding, torch.stack(outputs, dim=1).transpose(2, 3)
 
     def _outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 3 or x.shape[1] != self.freq_bins:
@@ -446,7 +438,18 @@ class ReDimNet(Encoder):
         return outputs
 
 
-@ENCODERS.register("redimnet", config=ReDimNetConfig)
+# Tiny settings for registry-wide tests: 3 stages (one with conv_exp 2, one without 1-D block) at F = 12.
+TINY_EXAMPLE = {
+    "encoder": {"freq_bins": 12, "channels": 4, "group_divisor": 2,
+                "stages": [{"stride": 1, "blocks": 1, "conv_exp": 1, "att_red": 4},
+                           {"stride": 2, "blocks": 1, "conv_exp": 2, "att_red": 4},
+                           {"stride": 3, "blocks": 1, "conv_exp": 1, "att_red": None}],
+                "pool_bottleneck": 8, "embed_dim": 16},
+    "features": {"n_mels": 12},
+}
+
+
+@ENCODERS.register("redimnet", config=ReDimNetConfig, example=TINY_EXAMPLE)
 def redimnet(cfg: ReDimNetConfig, in_features: int) -> ReDimNet:
     """ReDimNet with a configurable stage table (defaults: B2)."""
     return ReDimNet(cfg, in_features, "redimnet")

@@ -1,10 +1,9 @@
 """Fast ResNet-34 with multi-scale aggregation (MSFA / MSEA), with or without the Feature Pyramid Module.
 
 Paper: Jung, Kye, Choi, Jung, Kim, "Improving Multi-Scale Aggregation Using Feature Pyramid Module for Robust
-Speaker Verification of Variable-Duration Utterances", Interspeech 2020, arXiv 2004.03194
-(../shared/papers/fpm_multiscale.txt). MSFA is Gao et al. 2019 and MSEA is Seo et al. 2019, as the paper names
-them (section 2). No public code of the paper is known; the FPM follows the FPN of Lin et al. 2017 as the paper
-describes it (section 3.2). The trunk is this package's Fast ResNet-34 (`FastResNet34.forward_stages`), not the
+Speaker Verification of Variable-Duration Utterances", Interspeech 2020, arXiv 2004.03194. MSFA is Gao et al. 2019
+and MSEA is Seo et al. 2019, as the paper names them (section 2). No public code of the paper is known; the FPM
+follows the FPN of Lin et al. 2017 as the paper describes it (section 3.2). The trunk is this package's Fast ResNet-34 (`FastResNet34.forward_stages`), not the
 paper's wider ResNet-34 of Table 1.
 
     trunk stages C1..C4 (B, C_i, F_i, T_i) -- 40 mels: 16x20xT, 32x10xT/2, 64x5xT/4, 128x5xT/4
@@ -214,12 +213,19 @@ class FastResNet34MultiScale(FastResNet34):
         """MSFA: the aggregated sequence (B, sum C_i, T_coarsest). MSEA: the top scale's sequence (B, C, T_top)."""
         return self.forward_scales(x)[-1]
 
+    def frame_pooling(self) -> nn.Module | None:
+        """MSFA: its single pooling, which reads `forward_frames`; MSEA: None (the representation pools every
+        scale)."""
+        return self.poolings[0] if self.cfg.aggregation == "msfa" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = [self._pooling(k)(s) for k, s in enumerate(self.forward_scales(x))]  # each (B, out_dim_k)
         return self.final_bn(self.head(torch.cat(pooled, dim=1)))  # (B, embed_dim)
 
 
-@ENCODERS.register("fast_resnet34_ms", config=FastResNet34MSConfig)
+@ENCODERS.register("fast_resnet34_ms", config=FastResNet34MSConfig,
+                   example={"encoder": {"aggregation": "msea", "fpm": "fpm_tc", "fpm_channels": 8, "base_width": 4,
+                                        "layers": [1, 1, 1, 1], "embed_dim": 24}})
 def fast_resnet34_ms(cfg: FastResNet34MSConfig, in_features: int) -> FastResNet34MultiScale:
     """Fast ResNet-34 with multi-scale aggregation (MSFA/MSEA) and optional FPM (Jung et al. 2020)."""
     return FastResNet34MultiScale(cfg, in_features)

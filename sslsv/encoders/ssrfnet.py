@@ -1,9 +1,9 @@
 """SSRFNet (Koo, Heo et al., "SSRFNet: Stage-wise SV-Mixer and ReDimNet Fusion Network for Speaker Verification",
 ICASSP 2026 submission; paper PDF in dayflys/SSRFNet).
 
-Reference implementation: dayflys/SSRFNet `experiments/train_code/models/redimnet.py` (`ReDimNetWrap`) and
-`loss/distillhubert_loss.py` @b8d272d (the paper cites dayflys/SSLBackend-2026, which is not public).
-See ../../../shared/reference/architectures.md, sections 5 and 6.
+Reference implementation: dayflys/SSRFNet `experiments/train_code/models/redimnet.py` (`ReDimNetWrap`) @b8d272d
+(the paper cites dayflys/SSLBackend-2026, which is not public); its `loss/distillhubert_loss.py` is the `os_kdft`
+method's KD loss.
 
     waveform ─▶ SV-Mixer (PTM) ─▶ E1..E12 (B, 1024, T)   [state 0 dropped]
         │                          └▶ PFM_i: G_i = sum_j softmax_j(w_i)[ch] * E_{s_i + j}  (K = 4 states per group)
@@ -25,9 +25,9 @@ Deviations:
   works. With "linear", inputs must be 3-s crops (or use its `length_policy: pad`).
 - The two frame rates are aligned by cropping both streams to the shorter one (they differ by at most a frame or
   two; 3 s gives 149 frames on both sides).
-- No teacher: the encoder trains teacher-free. OS-KDFT distillation (a frozen WavLM-Large teacher, three
-  DistilHuBERT heads on the last student state predicting teacher layers 8, 16, 24) is provided as
-  `DistillationHeads` + `distillation_loss`, used by the `os_kdft` method (sslsv/methods/distillation.py).
+- No teacher in the encoder: it trains teacher-free, or as the student of the `os_kdft` method
+  (sslsv/methods/os_kdft.py: OS-KDFT's DistilHuBERT heads and loss, a frozen teacher run in place of WavLM-Large),
+  which reads the SV-Mixer states through `forward_with_layers`.
 - The log-mels come from the toolkit's `LogMel` (80 bands, 25 ms / 10 ms, per-band mean and variance normalised).
 """
 from __future__ import annotations
@@ -35,25 +35,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sslsv.audio.features import LogMel
 from sslsv.config import ConfigError, FeaturesConfig
 from sslsv.encoders.base import Encoder
+from sslsv.encoders.blocks import EmbeddingHead, attentive_stats_pooling
 from sslsv.encoders.redimnet import (
-    AttentiveStatsPooling,
     Block1d,
     Block2d,
     ChannelLayerNorm,
-    EmbeddingHead,
     ReDimNetConfig,
     ReDimNetStage,
     ReDimNetStageBlock,
     WeightedAggregation,
-    _stages,
+    stage_table,
 )
-from sslsv.encoders.sv_mixer import SVMixerBackbone, SVMixerConfig
+from sslsv.encoders.sv_mixer import TINY_MIXER, SVMixerBackbone, SVMixerConfig
 from sslsv.registry import ENCODERS
 
 
@@ -67,7 +65,7 @@ class SSRFNetConfig:
     block_1d: Block1d = "conv+att"
     group_divisor: int = 4
     stages: list[ReDimNetStage] = field(
-        default_factory=lambda: _stages((1, 2, 1, 16), (2, 2, 1, 16), (1, 3, 1, 8), (2, 4, 1, 8), (1, 4, 1, 8),
+        default_factory=lambda: stage_table((1, 2, 1, 16), (2, 2, 1, 16), (1, 3, 1, 8), (2, 4, 1, 8), (1, 4, 1, 8),
                                         (2, 4, 1, 4))
     )
     fusion_groups: int = 4  # N: PFM outputs, injected into stages 1..N
@@ -131,12 +129,16 @@ class ProjectionFusion(nn.Module):
 class SSRFNet(Encoder):
     """SSRFNet: SV-Mixer states fused stage-wise into a spectrogram ReDimNet through the PFM; waveform -> 192-d.
 
+    Frames: the final aggregation (B, C*F, T); layers: the SV-Mixer states (B, L+1, T', H), state 0 included.
+
     Args:
         cfg: the `encoder` section.
         in_features: unused (the model computes its own `n_mels` log-mels from the waveform).
     """
 
     input_kind = "waveform"
+    has_frames = True
+    has_layers = True
 
     def __init__(self, cfg: SSRFNetConfig, in_features: int = 0):
         super().__init__()
@@ -157,9 +159,10 @@ class SSRFNet(Encoder):
             self.stages.append(block)
             c, f, pool_size = block.c, block.f, pool_size + 1
         self.final_aggregation = WeightedAggregation(pool_size, width)  # 1 + N + stages = 11
-        self.pooling = AttentiveStatsPooling(width, cfg.pool_bottleneck, global_context=True)
+        self.pooling = attentive_stats_pooling(width, cfg.pool_bottleneck, global_context=True)
         self.head = EmbeddingHead(self.pooling.out_dim, cfg.embed_dim, cfg.embedding_bn)
         self.embed_dim, self.frame_dim = cfg.embed_dim, width
+        self.num_layers, self.layer_dim = self.sv_mixer.num_layers, cfg.sv_mixer.hidden_size
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) -> S (B, C*F, T_mel // 2 - 1): log-mels (+ training noise) -> strided conv -> InstanceNorm."""
@@ -170,9 +173,8 @@ class SSRFNet(Encoder):
             spec = spec + std * torch.randn_like(spec)
         return self.spec_stem(spec.to(self.spec_stem[0].weight.dtype))
 
-    def forward_with_states(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) -> (final aggregated frames (B, C*F, T), SV-Mixer states (B, L+1, T', H)); the states feed
-        `DistillationHeads` (their last entry) when a method distils a teacher."""
+    def _frames_and_states(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) -> (final aggregated frames (B, C*F, T), SV-Mixer states (B, L+1, T', H)), one pass."""
         states = self.sv_mixer.forward_layers(wave)  # (B, L+1, T', H)
         spec = self.spectrogram(wave)  # (B, H, T'')
         t = min(states.shape[2], spec.shape[2])  # off-by-one frame counts: crop both to the shorter
@@ -185,65 +187,35 @@ class SSRFNet(Encoder):
         return self.final_aggregation(pool), states
 
     def forward_frames(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_states(wave)[0]
+        return self._frames_and_states(wave)[0]
+
+    def frame_pooling(self) -> nn.Module:
+        return self.pooling
 
     def forward_layers(self, wave: torch.Tensor) -> torch.Tensor:
-        """The SV-Mixer states (B, L+1, T, H), for layer-wise back-ends."""
+        """The SV-Mixer states (B, L+1, T, H) alone (the ReDimNet side is not run)."""
         return self.sv_mixer.forward_layers(wave)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooling(self.forward_frames(wave)))
 
+    def forward_with_layers(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, states = self._frames_and_states(wave)
+        return self.head(self.pooling(frames)), states
 
-@ENCODERS.register("ssrfnet", config=SSRFNetConfig)
+
+# Tiny settings for registry-wide tests: SV-Mixer H = 32 = C*F (4 x 8), 2 fusion groups of 2 states, 3 stages.
+TINY_EXAMPLE = {
+    "encoder": {"sv_mixer": dict(TINY_MIXER), "n_mels": 20, "freq_bins": 8, "channels": 4, "group_size": 2,
+                "fusion_groups": 2,
+                "stages": [{"stride": 1, "blocks": 1, "conv_exp": 1, "att_red": 4},
+                           {"stride": 2, "blocks": 1, "conv_exp": 1, "att_red": 4},
+                           {"stride": 2, "blocks": 1, "conv_exp": 2, "att_red": 2}],
+                "pool_bottleneck": 8, "embed_dim": 12},
+}
+
+
+@ENCODERS.register("ssrfnet", config=SSRFNetConfig, example=TINY_EXAMPLE)
 def ssrfnet(cfg: SSRFNetConfig, in_features: int) -> SSRFNet:
     """SSRFNet (Koo, Heo et al., 2026): SV-Mixer + ReDimNet with projection-based stage-wise fusion; 75.2 M."""
     return SSRFNet(cfg, in_features)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# OS-KDFT distillation (for a method to wire in; the encoder does not use it)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class DistillationHeads(nn.Module):
-    """DistilHuBERT-style prediction heads (OS-KDFT, Heo et al., Interspeech 2023; SSRFNet's
-    `loss/distillhubert_loss.py`): each head is Linear(H -> D_t) -> GELU -> Linear(D_t -> D_t) on the LAST student
-    state and predicts one teacher layer (WavLM-Large layers 8, 16, 24 of 25 in the reference; 6.30 M parameters for
-    H = D_t = 1024, training only). The teacher is frozen, in inference mode, and receives no gradients.
-
-    Shapes: last student state (B, T, H) -> predictions (B, num_heads, T, D_t).
-    """
-
-    def __init__(self, student_dim: int = 1024, teacher_dim: int = 1024, num_heads: int = 3):
-        super().__init__()
-        self.heads = nn.ModuleList([
-            nn.Sequential(nn.Linear(student_dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim))
-            for _ in range(num_heads)
-        ])
-
-    def forward(self, last_state: torch.Tensor) -> torch.Tensor:
-        return torch.stack([head(last_state) for head in self.heads], dim=1)
-
-
-def distillation_loss(student_states: torch.Tensor, teacher_states: torch.Tensor,
-                      cos_lambda: float = 1.0) -> torch.Tensor:
-    """DistilHuBERT loss as in OS-KDFT / SSRFNet:
-
-        L = mean_b sum_h [ mean_{t,d} |p_{b,h,t,d} - y_{b,h,t,d}|  -  lambda * sum_t log sigmoid(cos(p_{b,h,t}, y_{b,h,t})) ]
-
-    (the L1 term is averaged over time and channels, the cosine term summed over time, as in the reference).
-
-    Args:
-        student_states: head predictions p, (B, num_heads, T, D).
-        teacher_states: the selected teacher layers y, (B, num_heads, T, D) (detached; the teacher is frozen).
-        cos_lambda: lambda (1 in the reference).
-    Returns:
-        scalar loss.
-    """
-    if student_states.shape != teacher_states.shape:
-        raise ValueError(f"student {tuple(student_states.shape)} and teacher {tuple(teacher_states.shape)} differ")
-    teacher_states = teacher_states.detach()
-    l1 = (student_states - teacher_states).abs().mean(dim=(2, 3))  # (B, h)
-    cos = F.cosine_similarity(student_states, teacher_states, dim=-1)  # (B, h, T)
-    return (l1 - cos_lambda * F.logsigmoid(cos).sum(dim=2)).sum(dim=1).mean()

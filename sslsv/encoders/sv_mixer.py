@@ -2,7 +2,7 @@
 Compression in Speaker Verification", ASRU 2025, arXiv 2509.14136).
 
 Reference implementation: the paper PDF in Jungwoo4021/SV-Mixer (no code there) and dayflys/SSRFNet
-`experiments/train_code/models/{svmixer,modules}.py` @b8d272d. See ../../../shared/reference/architectures.md, section 4.
+`experiments/train_code/models/{svmixer,modules}.py` @b8d272d.
 
 Waveform (B, S) -> WavLM conv front-end (7 x Conv1d 512, kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2; 20 ms frames,
 3 s -> T = 149) -> LN -> Linear 512 -> H = 1024 -> dropout -> L = 12 mixer blocks. Each block:
@@ -26,7 +26,7 @@ Deviations:
   (`length_policy="pad"`).
 - The multi-scale branch needs T >= 2 frames (about 45 ms of audio); shorter inputs raise.
 - No pretrained teacher: the model trains from scratch with the toolkit's objectives, or is distilled OS-KDFT style
-  from a local run of any layer-wise model with the `os_kdft` method (sslsv/methods/distillation.py); the paper
+  from a local run of any layer-wise model with the `os_kdft` method (sslsv/methods/os_kdft.py); the paper
   distils WavLM-Large, which cannot be downloaded here.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import nn
 
 from sslsv.config import ConfigError
 from sslsv.encoders.base import Encoder
-from sslsv.encoders.redimnet import AttentiveStatsPooling
+from sslsv.encoders.blocks import attentive_stats_pooling
 from sslsv.registry import ENCODERS
 
 CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)
@@ -231,61 +231,56 @@ class SVMixerBackbone(nn.Module):
 class SVMixer(Encoder):
     """SV-Mixer encoder: states -> softmax-weighted layer sum -> ASTP -> Linear -> embed_dim.
 
+    Frames: the weighted layer sum (B, H, T); layers: the backbone's states (B, L+1, T, H).
+
     Args:
         cfg: the `encoder` section.
         in_features: unused (the model reads the waveform).
     """
 
     input_kind = "waveform"
+    has_frames = True
+    has_layers = True
 
     def __init__(self, cfg: SVMixerConfig, in_features: int = 0):
         super().__init__()
         self.backbone = SVMixerBackbone(cfg)
         self.layer_weights = nn.Parameter(torch.zeros(cfg.layers + 1))  # uniform at init (SUPERB-style)
-        self.pooling = AttentiveStatsPooling(cfg.hidden_size, cfg.pool_bottleneck)
+        self.pooling = attentive_stats_pooling(cfg.hidden_size, cfg.pool_bottleneck)
         self.linear = nn.Linear(self.pooling.out_dim, cfg.embed_dim)
         self.embed_dim, self.frame_dim = cfg.embed_dim, cfg.hidden_size
+        self.num_layers, self.layer_dim = self.backbone.num_layers, cfg.hidden_size
 
     def forward_layers(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, L+1, T, H)."""
         return self.backbone.forward_layers(wave)
 
-    def forward_frames(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, S) -> weighted layer sum (B, H, T)."""
-        states = self.forward_layers(wave)
+    def _mix(self, states: torch.Tensor) -> torch.Tensor:
+        """States (B, L+1, T, H) -> weighted layer sum (B, H, T)."""
         w = torch.softmax(self.layer_weights, dim=0)
         return torch.einsum("l,bltd->bdt", w, states)
+
+    def forward_frames(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) -> weighted layer sum (B, H, T)."""
+        return self._mix(self.forward_layers(wave))
+
+    def frame_pooling(self) -> nn.Module:
+        return self.pooling
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.linear(self.pooling(self.forward_frames(wave)))
 
+    def forward_with_layers(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.forward_layers(wave)
+        return self.linear(self.pooling(self._mix(states))), states
 
-@ENCODERS.register("sv_mixer", config=SVMixerConfig)
+
+# Tiny SV-Mixer settings, shared by the examples of every encoder built on SV-Mixer (ssrfnet, sv_mixer_lap, ...).
+TINY_MIXER = {"conv_channels": 16, "hidden_size": 32, "layers": 2, "group_dim": 8, "time_kernel": 9}
+
+
+@ENCODERS.register("sv_mixer", config=SVMixerConfig,
+                   example={"encoder": {**TINY_MIXER, "pool_bottleneck": 8, "embed_dim": 12}})
 def sv_mixer(cfg: SVMixerConfig, in_features: int) -> SVMixer:
     """SV-Mixer (Heo et al., 2025): WavLM conv front-end + 12 MLP-mixer blocks (49.7 M), weighted layers, ASTP."""
     return SVMixer(cfg, in_features)
-
-
-def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of every Conv1d/Conv2d/Linear in one forward pass (attention products, norms and
-    activations not counted; the counting used for the figures in docs/encoders_layerwise.md).
-
-    Conv: output elements x (in_channels / groups) x kernel size; Linear: output elements x in_features.
-    """
-    total = 0
-
-    def hook(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-            total += out.numel() * (layer.in_channels // layer.groups) * int(torch.tensor(layer.kernel_size).prod())
-        else:
-            total += out.numel() * layer.in_features
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total

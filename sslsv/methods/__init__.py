@@ -12,4 +12,4 @@ from sslsv.methods import simsiam  # noqa: F401
 from sslsv.methods import dino  # noqa: F401
 from sslsv.methods import cpc  # noqa: F401
 from sslsv.methods import pseudo_supervised  # noqa: F401
-from sslsv.methods import distillation  # noqa: F401
+from sslsv.methods import os_kdft  # noqa: F401

@@ -1,6 +1,7 @@
 """CPC (van den Oord et al., 2018, arXiv 1807.03748) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.1.1, Eq. (1):
+Review ("Self-Supervised Learning for Speaker Recognition: A study and review", Lepage & Dehak), section 2.1.1,
+Eq. (1):
 
     L_CPC = -1/(B T) sum_i sum_{t=t0+1..T} log( l(p_i^(t), y_i^(t)) / sum_{j in B} l(p_i^(t), y_j^(t)) ),
     l(a, b) = exp(cos(a, b) / tau)
@@ -34,10 +35,10 @@ from torch import nn
 
 from sslsv.config import ConfigError
 from sslsv.encoders.pooling import RecurrentPooling
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import method_metrics, softmax_entropy
+from sslsv import distributed
+from sslsv.methods.signals import method_metrics, softmax_entropy
 
 
 @dataclass
@@ -84,11 +85,11 @@ class CPC(Method):
     def __init__(self, encoder, cfg: CPCConfig, info: TrainingInfo):
         super().__init__(encoder)
         self.cfg = cfg
-        frame_dim = encoder.encoder.frame_dim if hasattr(encoder.encoder, "frame_dim") else None
-        if frame_dim is None:
-            raise ConfigError(f"method.name: cpc needs an encoder with frame-level outputs and a `frame_dim` "
-                              f"({type(encoder.encoder).__name__} has none)")
-        pooling = getattr(encoder.encoder, "pooling", None)
+        if not encoder.has_frames:
+            raise ConfigError(f"method.name: cpc needs an encoder with frame-level outputs (forward_frames; "
+                              f"{type(encoder.encoder).__name__} has none)")
+        frame_dim = encoder.encoder.frame_dim
+        pooling = encoder.encoder.frame_pooling()
         if isinstance(pooling, RecurrentPooling):
             if pooling.out_dim != cfg.aggregator_dim:
                 raise ConfigError(f"method.aggregator_dim: {cfg.aggregator_dim}, but the encoder's gru pooling, which "
@@ -102,7 +103,7 @@ class CPC(Method):
     @property
     def context_network(self) -> RecurrentPooling:
         """g_phi: the encoder's gru pooling, or CPC's own GRU when the encoder pools otherwise."""
-        return self.aggregator if self.aggregator is not None else self.encoder.encoder.pooling
+        return self.aggregator if self.aggregator is not None else self.encoder.encoder.frame_pooling()
 
     def _predict(self, frames: torch.Tensor, target_frames: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -121,16 +122,9 @@ class CPC(Method):
         """(context frames, target frames) pairs: both directions between the first two views, or every view with
         itself (cross_view false)."""
         if self.cfg.cross_view:
-            f1, f2 = encode_pair(self.encoder.forward_frames, *two_views(batch, "cpc"))
+            f1, f2 = encode_views(self.encoder.forward_frames, two_views(batch, "cpc"))
             return [(f1, f2), (f2, f1)]
-        groups, start, views = [], 0, batch.views
-        while start < len(views):  # one encoder pass per run of equal-length views
-            end = start + 1
-            while end < len(views) and views[end].shape == views[start].shape:
-                end += 1
-            groups.extend(self.encoder.forward_frames(torch.cat(views[start:end])).chunk(end - start))
-            start = end
-        return [(f, f) for f in groups]
+        return [(f, f) for f in encode_views(self.encoder.forward_frames, batch.views)]
 
     def forward(self, batch: Batch) -> StepOutput:
         losses, entropies, contexts = [], [], []

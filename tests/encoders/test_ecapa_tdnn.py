@@ -57,7 +57,7 @@ def test_full_width_forward_two_seconds():
 
 
 def test_profile_counts_reference_macs():
-    """C=512 at 80 mels: 1.04 GMACs per 2-s view (architectures.md, arith; ReDimNet README 1.05)."""
+    """C=512 at 80 mels: 1.04 GMACs per 2-s view (reference arith; ReDimNet README 1.05)."""
     stats = profile_encoder(ECAPATDNN(ECAPATDNNC512Config(), in_features=80), seconds=2.0, n_mels=80)
     assert stats["params"] == stats["trainable"] == 6_194_048 and stats["frames"] == 201
     assert abs(stats["macs"] / 1.04e9 - 1) < 0.01
@@ -74,8 +74,7 @@ def test_backward_reaches_every_parameter_and_layers_have_shapes():
     out.pow(2).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
-    layers = model.forward_layers(x)
-    assert len(layers) == 4 and all(layer.shape == (4, 32, 60) for layer in layers)
+    assert model.forward_layers(x).shape == (4, 4, 60, 32)  # first TDNN + 3 SE-Res2Blocks, (B, L, T, C)
     assert model.forward_frames(x).shape == (4, 96, 60)
 
 

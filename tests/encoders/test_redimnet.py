@@ -15,7 +15,7 @@ from sslsv.encoders.redimnet import (
     to2d,
 )
 
-# arith: public (wespeaker) configs + IDRnD head, from ../shared/reference/architectures.md section 3
+# arith: public (wespeaker) configs + IDRnD head, exact counts from the reference definitions
 EXPECTED_MILLIONS = {"b0": 1.00, "b1": 2.13, "b2": 4.89, "b3": 3.23, "b4": 6.44, "b5": 7.66, "b6": 15.02}
 SECONDS = [1.0, 2.0, 7.3]
 

@@ -1,56 +1,36 @@
 """Every registered encoder family trains for a few steps with SimCLR and with the supervised method on the tiny
-corpus, at tiny widths, and its saved run reloads into an embedding model of the declared size.
+corpus, at the tiny size of the example it registers, and its saved run reloads into an embedding model of the
+declared size.
 
-Presets (ecapa_tdnn_c512, redimnet_b3, ...) are covered by their generic family; a newly registered encoder that
-is neither a family below nor a preset of one fails `test_every_registered_encoder_has_a_training_smoke_test`.
+The families come from the registry itself (tests/encoders/encoder_examples.py): presets (ecapa_tdnn_c512,
+redimnet_b3, ...) are covered by their family; a newly registered encoder that declares no example and is no
+preset of a family fails `test_every_registered_encoder_has_a_training_smoke_test`.
 """
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from sslsv.config import load_config
-from sslsv.encoders.base import count_parameters
-from sslsv.evaluation.evaluate import load_model
-from sslsv.registry import ENCODERS, load_all
+from sslsv.encoders.base import Encoder, count_parameters
+from sslsv.registry import ENCODERS, Entry
+from sslsv.runs import load_model
 from sslsv.training.trainer import Trainer
+from tests.encoders.encoder_examples import (
+    example_embed_dim,
+    example_overrides,
+    families,
+    family_of,
+    uncovered_encoders,
+)
 from tests.tiny_corpus import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_MIXER = ["conv_channels=16", "hidden_size=32", "layers=2", "group_dim=8", "time_kernel=9"]
-
-
-def _stages(*rows: tuple) -> str:
-    """`encoder.stages=[...]` for ReDimNet-style stage tables of (stride, blocks, conv_exp, att_red) rows."""
-    items = ", ".join(f"{{stride: {s}, blocks: {b}, conv_exp: {e}, att_red: {'null' if r is None else r}}}"
-                      for s, b, e, r in rows)
-    return f"encoder.stages=[{items}]"
-
-
-# family -> (tiny `encoder.*` / `features.*` overrides after `encoder.name=<family>`, declared embed_dim)
-FAMILIES = {
-    "fast_resnet34": (["encoder.base_width=4", "encoder.layers=[1, 1, 1, 1]", "encoder.embed_dim=32"], 32),
-    "fast_resnet34_ms": (["encoder.aggregation=msea", "encoder.fpm=fpm_tc", "encoder.fpm_channels=8",
-                          "encoder.base_width=4", "encoder.layers=[1, 1, 1, 1]", "encoder.embed_dim=24"], 24),
-    "ecapa_tdnn": (["encoder.channels=32", "encoder.last_channels=96", "encoder.se_channels=8",
-                    "encoder.attention_channels=8", "encoder.embed_dim=16"], 16),
-    "redimnet": (["features.n_mels=12", "encoder.freq_bins=12", "encoder.channels=4", "encoder.group_divisor=2",
-                  _stages((1, 1, 1, 4), (2, 1, 2, 4), (3, 1, 1, None)),
-                  "encoder.pool_bottleneck=8", "encoder.embed_dim=16"], 16),
-    "sv_mixer": ([f"encoder.{o}" for o in TINY_MIXER] + ["encoder.pool_bottleneck=8", "encoder.embed_dim=12"], 12),
-    "ssrfnet": ([f"encoder.sv_mixer.{o}" for o in TINY_MIXER]
-                + ["encoder.n_mels=20", "encoder.freq_bins=8", "encoder.channels=4", "encoder.group_size=2",
-                   "encoder.fusion_groups=2",
-                   _stages((1, 1, 1, 4), (2, 1, 1, 4), (2, 1, 2, 2)),
-                   "encoder.pool_bottleneck=8", "encoder.embed_dim=12"], 12),
-    "sv_mixer_lap": ([f"encoder.sv_mixer.{o}" for o in TINY_MIXER]
-                     + ["encoder.heads=4", "encoder.lap_dim=16", "encoder.pool_bottleneck=8",
-                        "encoder.embed_dim=12"], 12),
-    "sv_mixer_unipool": ([f"encoder.sv_mixer.{o}" for o in TINY_MIXER]
-                         + ["encoder.width=4", "encoder.heads=4", "encoder.embed_dim=12"], 12),
-}
+FAMILIES = [entry.name for entry in families()]
 METHODS = {
     "simclr": [],
     "supervised": ["method.name=supervised", "dataset.views=[{count: 1, seconds: 0.5}]"],
@@ -63,13 +43,13 @@ def _logged_losses(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_encoder_trains_and_reloads(tiny_data, tmp_path, family, method):
-    encoder_overrides, embed_dim = FAMILIES[family]
+    embed_dim = example_embed_dim(family)
     run_dir = tmp_path / "run"
     overrides = [o for o in tiny_overrides(tiny_data, run_dir, **{"dataset.batch_size": 4})
                  if not o.startswith("encoder.")]
-    overrides += [f"encoder.name={family}", *encoder_overrides, *METHODS[method],
+    overrides += [*example_overrides(family), *METHODS[method],
                   "trainer.epochs=1", "trainer.max_steps_per_epoch=2", "trainer.average_last=1",
                   "trainer.validate_every=0", "augmentation.strategy=none"]
     config = load_config(ROOT / "configs/simclr/fast_resnet34.yml", overrides)
@@ -89,21 +69,28 @@ def test_tiny_encoder_trains_and_reloads(tiny_data, tmp_path, family, method):
     assert embedding.shape == (1, embed_dim) and torch.isfinite(embedding).all()
 
 
-def _family_of(name: str) -> str | None:
-    """`name` itself when it is a tested family; else the tested family it is a preset of: the longest family that
-    prefixes it (`redimnet_b3` -> `redimnet`) and is defined in the same module (so `sv_mixer_lap`, a different
-    encoder in another module, is not taken for an `sv_mixer` preset)."""
-    if name in FAMILIES:
-        return name
-    module = ENCODERS.get(name).obj.__module__
-    candidates = [f for f in FAMILIES if name.startswith(f + "_") and ENCODERS.get(f).obj.__module__ == module]
-    return max(candidates, key=len, default=None)
-
-
 def test_every_registered_encoder_has_a_training_smoke_test():
-    load_all()
-    names = ENCODERS.names()
-    assert set(FAMILIES) <= set(names), f"tested families that are not registered: {set(FAMILIES) - set(names)}"
-    uncovered = [name for name in names if _family_of(name) is None]
-    assert not uncovered, f"registered encoders without a tiny training test in {Path(__file__).name}: {uncovered}"
-    assert _family_of("ecapa_tdnn_c512") == "ecapa_tdnn" and _family_of("redimnet_b3") == "redimnet"
+    assert {"fast_resnet34", "ecapa_tdnn", "redimnet", "sv_mixer", "ssrfnet"} <= set(FAMILIES)
+    uncovered = uncovered_encoders()
+    assert not uncovered, (f"registered encoders without a tiny example (register one with "
+                           f"`@ENCODERS.register(name, Config, example={{'encoder': {{...}}}})`): {uncovered}")
+
+
+@dataclass
+class _NewConfig:
+    embed_dim: int = 8
+
+
+class _NewEncoder(Encoder):
+    def __init__(self, cfg: _NewConfig, in_features: int):
+        super().__init__()
+        self.embed_dim = cfg.embed_dim
+        self.linear = nn.Linear(in_features, cfg.embed_dim)
+
+
+def test_presets_are_covered_by_their_family_and_a_new_family_is_not():
+    covered_by = families()
+    by_name = {entry.name: entry for entry in covered_by}
+    assert family_of(ENCODERS.get("redimnet_b3"), covered_by) is by_name["redimnet"]  # builds a ReDimNet
+    assert family_of(ENCODERS.get("ecapa_tdnn_c512"), covered_by) is by_name["ecapa_tdnn"]
+    assert family_of(Entry("new_family", _NewEncoder, _NewConfig), covered_by) is None

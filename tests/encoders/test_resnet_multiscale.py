@@ -86,7 +86,7 @@ def test_parameter_counts_and_fpm_is_smaller(variant, expected):
 
 
 def test_profile_matches_fast_resnet34_reference_and_counts_transposed_convs():
-    """Fast ResNet-34 at 40 mels: 0.447 GMACs per 2-s view (architectures.md, arith)."""
+    """Fast ResNet-34 at 40 mels: 0.447 GMACs per 2-s view (reference arith)."""
     single = profile_encoder(FastResNet34(FastResNet34Config(), in_features=40), seconds=2.0, n_mels=40)
     assert abs(single["macs"] / 0.447e9 - 1) < 0.005
     b = profile_encoder(FastResNet34MultiScale(FastResNet34MSConfig(fpm="fpm_b"), 40), seconds=2.0, n_mels=40)

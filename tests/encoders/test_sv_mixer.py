@@ -10,8 +10,8 @@ from sslsv.encoders.sv_mixer import (
     SVMixerConfig,
     TimeLinearMixer,
     conv_frames,
-    count_macs,
 )
+from sslsv.encoders.profile import count_macs
 
 SECONDS = [1.0, 2.0, 7.3]
 
@@ -48,7 +48,7 @@ def test_frame_counts():
 
 
 def test_count_macs_on_known_layers():
-    assert count_macs(nn.Linear(4, 3), torch.randn(7, 4)) == 7 * 3 * 4
+    assert count_macs(nn.Linear(4, 3), torch.randn(7, 4)) == 3 * 4  # per batch element
     assert count_macs(nn.Conv1d(3, 6, 5, groups=3), torch.randn(1, 3, 7)) == 6 * 3 * 1 * 5
 
 

@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from sslsv.config import ConfigError, FeaturesConfig, Spec
-from sslsv.encoders.base import build_speaker_model
+from sslsv.encoders.base import Encoder, SpeakerModel, build_speaker_model
 from sslsv.encoders.fast_resnet34 import FastResNet34Config
 from sslsv.methods.cpc import CPC, CPCConfig, CPCLoss
 from tests.methods.method_helpers import one_thread, random_batch, smoke, tiny_info, tiny_speaker_model  # noqa: F401
@@ -77,3 +78,30 @@ def test_gru_pooling_is_the_aggregator_and_the_evaluated_read_out():
 def test_smoke_two_steps():
     history = smoke(CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=16), tiny_info()), lengths=(0.3, 0.3), batch=4)
     assert history[-1]["contrastive_entropy"] <= math.log(4) + 1e-6
+
+
+class _PooledOnly(Encoder):
+    """An encoder without frame-level outputs (has_frames False)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_dim = 4
+        self.linear = nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.mean(dim=2))
+
+
+def test_encoder_without_frames_is_refused_through_the_interface():
+    with pytest.raises(ConfigError, match="cpc needs an encoder with frame-level outputs.*_PooledOnly"):
+        CPC(SpeakerModel(_PooledOnly(), FeaturesConfig(n_mels=24)), CPCConfig(), tiny_info())
+
+
+def test_msfa_gru_pooling_is_reused_through_frame_pooling():
+    """fast_resnet34_ms with MSFA: one pooling reads forward_frames, so a gru pooling is CPC's aggregator."""
+    from sslsv.encoders.resnet_multiscale import FastResNet34MSConfig
+
+    cfg = FastResNet34MSConfig(aggregation="msfa", pooling="gru", base_width=4, layers=(1, 1, 1, 1), embed_dim=16)
+    model = build_speaker_model(Spec("fast_resnet34_ms", cfg), FeaturesConfig(n_mels=24))
+    method = CPC(model, CPCConfig(), tiny_info())
+    assert method.aggregator is None and method.context_network is model.encoder.poolings[0]

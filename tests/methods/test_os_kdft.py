@@ -1,5 +1,6 @@
-"""OS-KDFT (sslsv/methods/distillation.py): the KD loss, frame resampling, the frozen teacher, teacher_run errors,
-and a tiny end-to-end run (train a tiny SV-Mixer teacher, then distil it into a tiny SSRFNet)."""
+"""OS-KDFT (sslsv/methods/os_kdft.py): the KD loss and heads, frame resampling, the frozen teacher, teacher_run
+errors, one encoder pass per view, and a tiny end-to-end run (train a tiny SV-Mixer teacher, then distil it into a
+tiny SSRFNet). Models are the tiny examples the encoders register."""
 import json
 import math
 from pathlib import Path
@@ -9,42 +10,30 @@ import pytest
 import torch
 
 from sslsv.config import ConfigError, load_config, save_config
-from sslsv.encoders.base import build_speaker_model
-from sslsv.encoders.ssrfnet import distillation_loss
-from sslsv.evaluation.evaluate import load_model
+from sslsv.encoders.base import build_speaker_model, count_parameters
 from sslsv.methods.base import TrainingInfo
-from sslsv.methods.distillation import (
+from sslsv.methods.os_kdft import (
     OSKDFT,
+    DistillationHeads,
     OSKDFTConfig,
     kd_loss,
     load_teacher,
     resample_frames,
-    states_only,
 )
+from sslsv.runs import load_model
 from sslsv.training.trainer import Trainer, parameter_groups
+from tests.encoders.encoder_examples import example_overrides
 from tests.methods.method_helpers import one_thread, random_batch, smoke  # noqa: F401
 from tests.tiny_corpus import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "configs/simclr/fast_resnet34.yml"
-STAGES = "[{stride: 1, blocks: 1, conv_exp: 1, att_red: 4}, {stride: 2, blocks: 1, conv_exp: 1, att_red: 4}]"
-MIXER = ["conv_channels=16", "hidden_size=32", "layers=2", "group_dim=8", "time_kernel=9"]
-TINY = {  # encoder.name -> tiny encoder overrides (as tests/encoders/test_registry_training.py)
-    "sv_mixer": [f"encoder.{o}" for o in MIXER] + ["encoder.pool_bottleneck=8", "encoder.embed_dim=12"],
-    "ssrfnet": [f"encoder.sv_mixer.{o}" for o in MIXER]
-    + ["encoder.n_mels=20", "encoder.freq_bins=8", "encoder.channels=4", "encoder.group_size=2",
-       "encoder.fusion_groups=2",
-       f"encoder.stages={STAGES}", "encoder.pool_bottleneck=8", "encoder.embed_dim=12"],
-    "redimnet": ["features.n_mels=12", "encoder.freq_bins=12", "encoder.channels=4", "encoder.group_divisor=2",
-                 f"encoder.stages={STAGES}", "encoder.pool_bottleneck=8", "encoder.embed_dim=16"],
-    "fast_resnet34": ["encoder.base_width=4", "encoder.layers=[1, 1, 1, 1]", "encoder.embed_dim=16"],
-}
 INFO = TrainingInfo(num_speakers=4, num_samples=32, steps_per_epoch=2, epochs=1)
 
 
 def tiny_config(root, run_dir, family: str, *extra: str):
     overrides = [o for o in tiny_overrides(root, run_dir) if not o.startswith("encoder.")]
-    return load_config(BASE, overrides + [f"encoder.name={family}", *TINY[family], *extra])
+    return load_config(BASE, overrides + [*example_overrides(family), *extra])
 
 
 def fake_run(folder: Path, family: str, seed: int = 1) -> Path:
@@ -93,8 +82,19 @@ def test_kd_loss_equals_a_plain_computation(lam, reduction):
     y = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
     assert kd_loss(p, y, lam, reduction).item() == pytest.approx(plain_kd(p.numpy(), y.numpy(), lam, reduction),
                                                                  rel=1e-5)
-    if reduction == "sum":  # SSRFNet's code, as sslsv.encoders.ssrfnet.distillation_loss
-        assert kd_loss(p, y, lam, "sum").item() == pytest.approx(distillation_loss(p, y, lam).item(), rel=1e-5)
+
+
+def test_kd_loss_sends_no_gradient_to_the_teacher_and_heads_have_the_reference_size():
+    torch.manual_seed(0)
+    heads = DistillationHeads(student_dim=6, teacher_dim=5, num_heads=3)
+    predictions = heads(torch.randn(2, 4, 6))
+    assert predictions.shape == (2, 3, 4, 5)
+    targets = torch.randn(2, 3, 4, 5, requires_grad=True)
+    kd_loss(predictions, targets, 1.0, "sum").backward()
+    assert targets.grad is None and all(p.grad is not None for p in heads.parameters())
+    with pytest.raises(ValueError, match="reduction"):
+        kd_loss(predictions, targets, 1.0, "max")
+    assert abs(count_parameters(DistillationHeads()) / 1e6 - 6.30) < 0.01  # H = D_t = 1024, 3 heads
 
 
 def test_resample_frames_is_linear_interpolation_in_time():
@@ -158,8 +158,8 @@ def test_teacher_frames_are_resampled_to_the_student_rate(tmp_path):
     assert not m.uses_labels and m.classifier is None
     wave = random_batch(2, (0.5,)).views[0]
     with torch.no_grad():
-        raw = states_only(m.teacher, wave)[:, [-1, 1]]
-        frames = states_only(m.encoder, wave).shape[2]
+        raw = m.teacher.forward_layers(wave)[:, [-1, 1]]
+        frames = m.encoder.forward_layers(wave).shape[2]
     assert raw.shape[2] != frames  # 51 teacher frames, 24 student frames
     targets = m.teacher_targets(wave, frames)
     assert targets.shape == (2, 2, frames, 48)
@@ -183,10 +183,27 @@ def test_bad_teacher_run_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"method\.teacher_run: .*resumable trainer checkpoint"):
         method(resnet / "checkpoint_e0001_s00000002.pt")
     mixer = fake_run(tmp_path / "mixer", "sv_mixer")
-    with pytest.raises(ConfigError, match=r"method\.teacher_layers: \[3\] out of range.*3 states"):
+    with pytest.raises(ConfigError, match=r"method\.teacher_layers: 3 out of range.*3 states"):
         method(mixer, teacher_layers=[1, 3])
     with pytest.raises(ConfigError, match=r"encoder\.name: os_kdft needs a student"):
         method(mixer, family="fast_resnet34", teacher_layers=[1])
+    with pytest.raises(ConfigError, match=r"method\.student_layer: -4 out of range.*3 states"):
+        method(mixer, teacher_layers=[1], student_layer=-4)
+
+
+@pytest.mark.parametrize("speaker_loss", ["aam", "none"])
+def test_one_student_pass_per_view(tmp_path, speaker_loss):
+    """The embedding and the states come from one pass (forward_with_layers), without patching the encoder."""
+    m = method(fake_run(tmp_path / "teacher", "sv_mixer"), teacher_layers=[1, 2], speaker_loss=speaker_loss)
+    calls = []
+    handle = m.encoder.encoder.backbone.features.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        m.train()
+        m(random_batch(2, (0.5, 0.5)))
+    finally:
+        handle.remove()
+    assert len(calls) == 2
+    assert "forward_with_layers" not in vars(m.encoder.encoder) and "forward_layers" not in vars(m.encoder.encoder)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -199,7 +216,7 @@ def test_tiny_teacher_then_distilled_student_end_to_end(tiny_data, tmp_path):
     Trainer(tiny_config(tiny_data, teacher_dir, "sv_mixer", "method.name=supervised", *common)).fit()
     assert (teacher_dir / "model.pt").exists()
 
-    student_dir = tmp_path / "distillation" / "ssrfnet_tiny"
+    student_dir = tmp_path / "os_kdft" / "ssrfnet_tiny"
     config = tiny_config(tiny_data, student_dir, "ssrfnet", "method.name=os_kdft", f"method.teacher_run={teacher_dir}",
                          "method.teacher_layers=[1, 2]", *common)
     Trainer(config).fit()
