@@ -1,6 +1,6 @@
 """Barlow Twins (Zbontar et al., 2021, arXiv 2103.03230) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.3.2, Eq. (7):
+Review (Lepage and Dehak), section 2.3.2, Eq. (7):
 
     L_BT = sum_d (1 - C_dd)^2 + lambda * sum_d sum_{d' != d} C_dd'^2
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import method_metrics
+from sslsv import distributed
+from sslsv.methods.signals import method_metrics
 
 
 @dataclass
@@ -70,12 +70,12 @@ class BarlowTwins(Method):
 
     def __init__(self, encoder, cfg: BarlowTwinsConfig, info: TrainingInfo):
         super().__init__(encoder)
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
+        self.projector, _ = build_projector(cfg.projector, encoder.embed_dim)
         self.loss = BarlowTwinsLoss(cfg.scale)
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "barlow_twins")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         return StepOutput(self.loss(z1, z2), method_metrics(torch.cat([z1, z2])))
 
 

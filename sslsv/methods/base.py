@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sslsv.config import ConfigError
 from sslsv.encoders.base import SpeakerModel
+from sslsv.methods.collapse import DEFAULT_RULES, CollapseRule
 
 
 @dataclass
@@ -51,12 +53,15 @@ class Method(nn.Module):
     """Base class. Subclasses implement `forward`; hooks default to no-ops."""
 
     uses_labels: bool = False  # True: trains on manifest speaker labels (supervised, pseudo-label rounds)
+    # The collapse rules over the signals this method logs (sslsv.methods.collapse), applied by the trainer's
+    # collapse watch; by default the two of `method_metrics` (embedding_std, effective_rank).
+    collapse_rules: tuple[CollapseRule, ...] = DEFAULT_RULES
 
     def __init__(self, encoder: SpeakerModel):
         super().__init__()
         self.encoder = encoder
-        # Maximum value of each entropy metric the method logs (e.g. log of the number of candidates), read by the
-        # collapse detector to recognise "uniform" collapse; may be filled on the first step.
+        # Maximum value of each entropy metric the method logs (e.g. log of the number of candidates), read by its
+        # NearMaximum collapse rules to recognise "uniform" collapse; may be filled on the first step.
         self.entropy_bounds: dict[str, float] = {}
 
     def forward(self, batch: Batch) -> StepOutput:
@@ -75,6 +80,13 @@ class Method(nn.Module):
     def after_optimizer_step(self, progress: float) -> None:
         """Called after each real optimiser step; progress in [0, 1] over the whole run (EMA, queues)."""
 
+    def init_classifier(self, rows: torch.Tensor, kind: str = "centroids", seed: int = 0) -> None:
+        """Start the method's classifier from given rows instead of random ones (pseudo-label rounds): `kind`
+        "centroids" for (C, D) class means, "classifier" for a previous classifier's weights of the same shape.
+        Methods without a classifier refuse."""
+        raise ConfigError(f"method '{type(self).__name__}' has no classifier to initialise from {kind} "
+                          f"(use method pseudo_supervised, or classifier_init: random)")
+
     def extra_state(self) -> dict:
         """Non-parameter, non-buffer state to checkpoint (most state should be buffers instead)."""
         return {}
@@ -90,9 +102,16 @@ def two_views(batch: Batch, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     return batch.views[0], batch.views[1]
 
 
-def encode_pair(branch, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """branch(x) for both views: one pass when they have the same length, so batch norm sees the whole batch of
-    2B crops (as one process on the global batch does), two passes otherwise."""
-    if x1.shape == x2.shape:
-        return branch(torch.cat([x1, x2])).chunk(2)
-    return branch(x1), branch(x2)
+def encode_views(network, views) -> list[torch.Tensor]:
+    """network(view) for every view, in order, with one pass per group of views of the same shape: batch norm then
+    sees every crop of a length at once (as one process on the global batch does). Views of different lengths go
+    through separate passes (e.g. DINO's global and local crops)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, view in enumerate(views):
+        groups.setdefault(tuple(view.shape), []).append(index)
+    outputs: list[torch.Tensor | None] = [None] * len(views)
+    for indices in groups.values():
+        joined = views[indices[0]] if len(indices) == 1 else torch.cat([views[i] for i in indices])
+        for i, output in zip(indices, network(joined).chunk(len(indices))):
+            outputs[i] = output
+    return outputs

@@ -1,6 +1,6 @@
 """BYOL (Grill et al., 2020, arXiv 2006.07733) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.4.1, Eq. (9):
+Review (Lepage and Dehak), section 2.4.1, Eq. (9):
 
     L_BYOL = 2 - 2 * 1/B sum_i sim(p_i, z'_i),   p_i = h_psi(z_i)
 
@@ -20,12 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
-from sslsv.methods.ema import momentum_copy, update_momentum
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
+from sslsv.methods.ema import cosine_schedule, momentum_copy, update_momentum
 from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
 from sslsv.registry import METHODS
-from sslsv.training.diagnostics import method_metrics
-from sslsv.training.schedules import cosine_schedule
+from sslsv.methods.signals import method_metrics
 
 
 @dataclass
@@ -60,8 +59,7 @@ class BYOL(Method):
     def __init__(self, encoder, cfg: BYOLConfig, info: TrainingInfo):
         super().__init__(encoder)
         self.cfg = cfg
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
-        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        self.projector, dim = build_projector(cfg.projector, encoder.embed_dim)
         self.predictor = predictor(dim, cfg.predictor_hidden_dim, dim)
         self.target_encoder = momentum_copy(encoder)
         self.target_projector = momentum_copy(self.projector)
@@ -72,10 +70,10 @@ class BYOL(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "byol")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         with torch.no_grad():
-            t1, t2 = encode_pair(lambda x: self.target_projector(self.target_encoder(x)), x1, x2)
+            t1, t2 = encode_views(lambda x: self.target_projector(self.target_encoder(x)), [x1, x2])
         loss = self.loss(p1, p2, t1, t2)
         return StepOutput(loss, method_metrics(torch.cat([z1, z2])))
 

@@ -1,6 +1,6 @@
 """DeepCluster (Caron et al., 2018, arXiv 1807.05520; v2 as in SwAV, arXiv 2006.09882) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.2.1, Eq. (4):
+Review (Lepage and Dehak), section 2.2.1, Eq. (4):
 
     L_DeepCluster = -1/B sum_i log( l(z_i, c_{c_i}) / sum_{k=1..K} l(z_i, c_k) ),   l(a, b) = exp(cos(a, b) / tau)
 
@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
+from sslsv.methods.collapse import CLUSTER_ENTROPY, DEFAULT_RULES
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import cluster_usage_entropy, method_metrics
+from sslsv import distributed
+from sslsv.methods.signals import cluster_usage_entropy, method_metrics
 
 
 @dataclass
@@ -88,11 +89,12 @@ def spherical_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, restarts
 class DeepCluster(Method):
     """DeepCluster(-v2): k-means pseudo-labels each epoch, cosine classifier heads (review Eq. 4); K 3 x 3000."""
 
+    collapse_rules = DEFAULT_RULES + (CLUSTER_ENTROPY,)
+
     def __init__(self, encoder, cfg: DeepClusterConfig, info: TrainingInfo):
         super().__init__(encoder)
         self.cfg = cfg
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
-        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        self.projector, dim = build_projector(cfg.projector, encoder.embed_dim)
         self.heads = nn.ModuleList(nn.Linear(dim, k, bias=False) for k in cfg.num_clusters)
         self.loss = DeepClusterLoss(cfg.temperature)
         self.num_samples = info.num_samples
@@ -140,7 +142,7 @@ class DeepCluster(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "deepcluster")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         labels = self.assignments[:, batch.indices.cpu()].to(z1.device)  # (C, B)
         losses = [self.loss(z, head.weight, labels[j]) for j, head in enumerate(self.heads) for z in (z1, z2)]
         loss = torch.stack(losses).mean()

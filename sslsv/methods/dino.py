@@ -1,6 +1,6 @@
 """DINO (Caron et al., 2021, arXiv 2104.14294) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.4.3, Eq. (11):
+Review (Lepage and Dehak), section 2.4.3, Eq. (11):
 
     L_DINO = 1/B sum_i sum_{t=1..G} sum_{s=1..G+L, s != t} H( (z'_{i,t} - c) / tau_t , z_{i,s} / tau_s )
     H(a, b) = -softmax(a) . log softmax(b)
@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
-from sslsv.methods.ema import momentum_copy, update_momentum
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views
+from sslsv.methods.collapse import DEFAULT_RULES, Below, Compound, NearMaximum, Threshold
+from sslsv.methods.ema import cosine_schedule, momentum_copy, update_momentum
 from sslsv.methods.heads import DINOHead
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import cluster_usage_entropy, kl_divergence, method_metrics, softmax_entropy
-from sslsv.training.schedules import cosine_schedule
+from sslsv import distributed
+from sslsv.methods.signals import cluster_usage_entropy, kl_divergence, method_metrics, softmax_entropy
 
 
 @dataclass
@@ -95,9 +95,48 @@ class DINOLoss(nn.Module):
         return total / pairs, targets, [lp.detach() for lp in log_probs]
 
 
+def _teacher_information(values: dict[str, float], bounds: dict[str, float],
+                         thresholds: dict[str, float]) -> str | None:
+    """Once the teacher has sharpened (entropy at most `teacher_sharpened_fraction` of log(out_dim)), the information
+    its output carries about the sample, usage entropy - per-sample entropy (the batch's mutual information, >= 0),
+    must be at least `min_teacher_information_ratio` of the nats it has lost from uniform, log(out_dim) - entropy
+    (near 1 for a healthy one-hot teacher). Below: every sample sharpens the same way (no centering)."""
+    teacher, usage, bound = values["teacher_entropy"], values["teacher_usage_entropy"], bounds.get("teacher_entropy")
+    if not bound or teacher > thresholds["teacher_sharpened_fraction"] * bound:
+        return None
+    ratio = max(usage - teacher, 0.0) / (bound - teacher)
+    limit = thresholds["min_teacher_information_ratio"]
+    if ratio >= limit:
+        return None
+    return (f"teacher entropy {teacher:.3g} of {bound:.3g} but usage entropy {usage:.3g}: the teacher sharpens the "
+            f"same way for every sample ({ratio:.1%} of its sharpening tells samples apart < {limit:.0%}; "
+            f"dimensional collapse under way, is centering on?)")
+
+
+# Review section 6.1: no centering ends in a one-hot teacher (dimensional collapse), no sharpening in a uniform one
+# (informational collapse); a constant output makes the teacher-student KL vanish.
+DINO_RULES = DEFAULT_RULES + (
+    Below("teacher_entropy", Threshold("min_teacher_entropy", 0.01),
+          "one-hot teacher outputs (dimensional collapse; is centering on?)", label="teacher entropy"),
+    Below("teacher_usage_entropy", Threshold("min_teacher_usage_entropy", 0.5),
+          "every sample's teacher output peaks on the same dimensions (dimensional collapse; is centering on?)",
+          label="teacher usage entropy"),
+    Compound("teacher_information", ("teacher_entropy", "teacher_usage_entropy"),
+             (Threshold("teacher_sharpened_fraction", 0.75, lambda v: 0 < v < 1, "must be in (0, 1)"),
+              Threshold("min_teacher_information_ratio", 0.05)),
+             _teacher_information, "the teacher sharpens the same way for every sample (no centering)"),
+    NearMaximum("teacher_entropy"),
+    # Off by default (None): a converged run also has a small KL.
+    Below("kl_teacher_student", Threshold("min_kl_teacher_student", None), "constant outputs",
+          label="KL(teacher || student)", fmt=".2e"),
+)
+
+
 @METHODS.register("dino", config=DINOConfig)
 class DINO(Method):
     """DINO: self-distillation with multi-crop, centering and sharpening (review Eq. 11); evaluated with the teacher."""
+
+    collapse_rules = DINO_RULES
 
     def __init__(self, encoder, cfg: DINOConfig, info: TrainingInfo):
         super().__init__(encoder)
@@ -108,7 +147,6 @@ class DINO(Method):
         self.teacher_head = momentum_copy(self.head)
         self.loss = DINOLoss(cfg.student_temperature)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
-        self.epochs = info.epochs if info is not None else 1
         self.epoch = 0
         self.entropy_bounds = {"teacher_entropy": math.log(cfg.out_dim)}
 
@@ -131,25 +169,14 @@ class DINO(Method):
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _by_length(self, network, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """network(view) for every view, one pass per group of consecutive views of the same length."""
-        outputs, start = [], 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape == views[start].shape:
-                end += 1
-            outputs.extend(network(torch.cat(views[start:end])).chunk(end - start))
-            start = end
-        return outputs
-
     def forward(self, batch: Batch) -> StepOutput:
         g = self.cfg.global_views
         if len(batch.views) < max(g, 2):
             raise ValueError(f"dino needs at least {max(g, 2)} views (dataset.views: {g} global, then local)")
-        representations = self._by_length(self.encoder, batch.views)  # student sees every view
+        representations = encode_views(self.encoder, batch.views)  # student sees every view
         student = [self.head(y) for y in representations]
         with torch.no_grad():
-            teacher = self._by_length(lambda x: self.teacher_head(self.teacher_encoder(x)), batch.views[:g])
+            teacher = encode_views(lambda x: self.teacher_head(self.teacher_encoder(x)), batch.views[:g])
         center = self.center if self.cfg.centering else torch.zeros_like(self.center)
         loss, targets, log_probs = self.loss(teacher, student, center, self.teacher_temperature(self.epoch))
         if self.cfg.centering:

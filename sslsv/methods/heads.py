@@ -1,7 +1,10 @@
-"""Heads shared by the methods: one generic MLP and the projector of the review (section 4.3)."""
+"""Heads shared by the methods: one generic MLP, the projector of the review (section 4.3), DINO's head and the
+(sub-center) AAM-softmax speaker classifier."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +43,13 @@ class ProjectorConfig:
             raise ConfigError("method.projector.num_layers: must be at least 1")
 
 
-def build_projector(cfg: ProjectorConfig, in_dim: int) -> nn.Module:
-    """The projector, or the identity when disabled (embeddings = representations)."""
+def build_projector(cfg: ProjectorConfig, in_dim: int) -> tuple[nn.Module, int]:
+    """(projector, size of its output): the MLP and cfg.out_dim, or the identity and in_dim when disabled
+    (embeddings = representations)."""
     if not cfg.enabled:
-        return nn.Identity()
+        return nn.Identity(), in_dim
     dims = [in_dim] + [cfg.hidden_dim] * (cfg.num_layers - 1) + [cfg.out_dim]
-    return mlp(dims, batch_norm=True, last_batch_norm=cfg.last_batch_norm)
+    return mlp(dims, batch_norm=True, last_batch_norm=cfg.last_batch_norm), cfg.out_dim
 
 
 def predictor(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -103,3 +107,63 @@ class DINOHead(nn.Module):
     def cancel_last_layer_gradients(self) -> None:
         """Drop the last layer's gradients (frozen for the first epoch), so the optimiser leaves it untouched."""
         self.last_layer.weight_v.grad = None
+
+
+class AAMSoftmax(nn.Module):
+    """Sub-center AAM-softmax (review Eq. (12); Deng et al., ArcFace 2019 and Sub-center ArcFace, ECCV 2020).
+
+    Each of the C classes has K sub-centres w_{c,1..K}; the cosine to a class is the largest of its sub-centres':
+
+        cos(theta_{i,c}) = max_k cos(y_i, w_{c,k})
+        L_i = -log( exp(s cos(theta_{i,l_i} + m)) / (exp(s cos(theta_{i,l_i} + m)) + sum_{c != l_i} exp(s cos(theta_{i,c}))) )
+
+    K = 1 (the default) is the plain AAM-softmax. One deviation, shared by every public implementation: where
+    theta + m > pi, cos(theta + m) stops decreasing, so the target logit uses cos(theta) - m sin(m) there instead
+    (keeps the loss monotonic in theta). The weight is one (C K, D) matrix, rows c K .. c K + K - 1 for class c.
+
+    Args:
+        y: (B, D) representations; labels: (B,) class indices in [0, C).
+    Returns:
+        reduction "mean": (loss scalar, top-1 accuracy on the margin-free logits, detached);
+        reduction "none": ((B,) per-sample losses, (B,) bool top-1 correctness).
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.2,
+                 subcenters: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embed_dim))
+        nn.init.xavier_normal_(self.weight, gain=1)
+        self.num_classes, self.subcenters, self.scale, self.margin = num_classes, subcenters, scale, margin
+
+    def forward(self, y: torch.Tensor, labels: torch.Tensor, reduction: Literal["mean", "none"] = "mean"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        cosine = F.linear(F.normalize(y.float(), dim=1), F.normalize(self.weight.float(), dim=1))  # (B, C*K)
+        cosine = cosine.view(len(y), self.num_classes, self.subcenters).amax(dim=2)  # (B, C): nearest sub-centre
+        sine = (1.0 - cosine.pow(2)).clamp(min=1e-12).sqrt()
+        cos_plus_margin = cosine * math.cos(self.margin) - sine * math.sin(self.margin)  # cos(theta + m)
+        # theta + m > pi  <=>  cos(theta) < cos(pi - m): keep the target logit decreasing in theta there
+        cos_plus_margin = torch.where(cosine > math.cos(math.pi - self.margin), cos_plus_margin,
+                                      cosine - math.sin(math.pi - self.margin) * self.margin)
+        target = F.one_hot(labels, self.num_classes).bool()
+        logits = self.scale * torch.where(target, cos_plus_margin, cosine)
+        correct = cosine.argmax(dim=1) == labels
+        if reduction == "none":
+            return F.cross_entropy(logits, labels, reduction="none"), correct
+        return F.cross_entropy(logits, labels), correct.float().mean().detach()
+
+    @torch.no_grad()
+    def init_from_centroids(self, centroids: torch.Tensor, seed: int = 0) -> None:
+        """Start every class's sub-centres at its centroid (C, D) (DeepCluster-v2's head initialisation).
+
+        A random head on top of a pre-trained encoder sends large, meaningless gradients into it during the first
+        steps; centroid rows make the initial logits the cosine to each class mean instead. Sub-centres of a class
+        get small independent perturbations so that they can separate.
+        """
+        if centroids.shape != (self.num_classes, self.weight.shape[1]):
+            raise ValueError(f"centroids: expected ({self.num_classes}, {self.weight.shape[1]}), "
+                             f"got {tuple(centroids.shape)}")
+        rows = F.normalize(centroids.float(), dim=1).repeat_interleave(self.subcenters, dim=0)
+        if self.subcenters > 1:
+            generator = torch.Generator().manual_seed(seed)
+            rows = F.normalize(rows + 0.01 * torch.randn(rows.shape, generator=generator), dim=1)
+        self.weight.copy_(rows.to(self.weight))

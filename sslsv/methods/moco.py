@@ -1,6 +1,6 @@
 """MoCo (He et al., 2020, arXiv 1911.05722; v2: Chen et al., 2020, arXiv 2003.04297) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.1.3, Eq. (3):
+Review (Lepage and Dehak), section 2.1.3, Eq. (3):
 
     L_MoCo = -1/B sum_i log( l(z_i, z'_i) / ( l(z_i, z'_i) + sum_{j in J} l(z_i, q_j) ) ),  l(a, b) = exp(cos(a, b) / tau)
 
@@ -36,12 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
+from sslsv.methods.collapse import DEFAULT_RULES, Above, NearMaximum, Threshold
 from sslsv.methods.ema import momentum_copy, update_momentum
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import method_metrics, softmax_entropy
+from sslsv import distributed
+from sslsv.methods.signals import method_metrics, softmax_entropy
 
 
 @dataclass
@@ -102,11 +103,21 @@ def negative_gap(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor)
 class MoCo(Method):
     """MoCo: contrastive with a momentum key encoder and a queue of negatives (review Eq. 3); tau 0.03, |Q| 32768."""
 
+    # Review section 6.1 (Figure 4a): a uniform softmax over the queue (complete collapse, too high a temperature);
+    # stale queued negatives (no momentum encoder: measured on the demo corpus, healthy gap 0.0002-0.006, without
+    # the momentum encoder 0.26-0.37).
+    collapse_rules = DEFAULT_RULES + (
+        NearMaximum("contrastive_entropy"),
+        Above("negative_gap", Threshold("max_negative_gap", 0.1),
+              "the queued negatives are far from every current embedding, so the positive is told apart by the age "
+              "of the keys, not the speaker (drifting key encoder; is the momentum encoder on?)",
+              label="negative gap", fmt=".3f"),
+    )
+
     def __init__(self, encoder, cfg: MoCoConfig, info: TrainingInfo):
         super().__init__(encoder)
         self.cfg = cfg
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
-        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        self.projector, dim = build_projector(cfg.projector, encoder.embed_dim)
         if cfg.use_momentum_encoder:
             self.key_encoder = momentum_copy(encoder)
             self.key_projector = momentum_copy(self.projector)
@@ -145,7 +156,7 @@ class MoCo(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "moco")
-        q1, q2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        q1, q2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         k1, k2 = self._keys(x1), self._keys(x2)
         k1, k2 = F.normalize(k1, dim=1).to(q1.dtype), F.normalize(k2, dim=1).to(q1.dtype)
         queue = self.queue.clone()

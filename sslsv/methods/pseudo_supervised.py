@@ -1,12 +1,8 @@
 """Supervised training on pseudo-labels: (sub-center) AAM-softmax with loss-gated learning (review section 3.2).
 
 Loss, review Eq. (12) (AAM-softmax, Deng et al. 2019), with the sub-center variant of Deng et al., "Sub-center
-ArcFace", ECCV 2020 (used by IDLAB, VoxSRC-20): each class c has K sub-centres w_{c,1..K} and
-
-    cos(theta_{i,c}) = max_k cos(y_i, w_{c,k})
-    L_i = -log( exp(s cos(theta_{i,l_i} + m)) / (exp(s cos(theta_{i,l_i} + m)) + sum_{c != l_i} exp(s cos(theta_{i,c}))) )
-
-K = 1 is the plain AAM-softmax of supervised.py. Same deviation as there: cos(theta) - m sin(m) where theta + m > pi.
+ArcFace", ECCV 2020 (used by IDLAB, VoxSRC-20): each class has K sub-centres and a sample's cosine to a class is the
+largest of its sub-centres' (heads.AAMSoftmax; K = 1 is the plain AAM-softmax of supervised.py).
 
 Loss-gated learning (LGL, Tao et al., ICASSP 2022; DLG, Han et al., Interspeech 2022): a sample whose loss exceeds the
 gate threshold is assumed to carry a wrong pseudo-label and is left out of the batch mean
@@ -14,7 +10,7 @@ gate threshold is assumed to carry a wrong pseudo-label and is left out of the b
     L = sum_i g_i L_i / max(1, sum_i g_i),   g_i = [L_i <= threshold]
 
 "fixed": a given threshold; "gmm": at the start of every epoch the threshold is refitted by a 2-component Gaussian
-mixture on the previous epoch's per-sample losses (sslsv.pseudo_labels.filtering.fit_loss_gate). The gate is open
+mixture on the previous epoch's per-sample losses (fit_loss_gate below). The gate is open
 (every sample kept) during the first `loss_gate_warmup_epochs` epochs. Per-sample losses are the mean over the
 views of an utterance; under DDP each rank records its own samples and the sums are all-reduced before the fit.
 The per-sample loss table is plain state (extra_state), not a buffer, so DDP does not broadcast rank 0's copy.
@@ -28,14 +24,14 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views
+from sslsv.methods.heads import AAMSoftmax
 from sslsv.registry import METHODS
-from sslsv.training import distributed
+from sslsv import distributed
 
 
 @dataclass
@@ -60,49 +56,6 @@ class PseudoSupervisedConfig:
             raise ConfigError("method.loss_gate_warmup_epochs: must be >= 0")
 
 
-class SubCenterAAMSoftmax(nn.Module):
-    """Sub-center AAM-softmax, per-sample losses (module docstring).
-
-    Args:
-        y: (B, D) representations; labels: (B,) class indices.
-    Returns:
-        (B,) per-sample losses, (B,) bool top-1 correctness on the margin-free logits.
-    """
-
-    def __init__(self, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.2, subcenters: int = 1):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embed_dim))  # rows c*K .. c*K+K-1: class c
-        nn.init.xavier_normal_(self.weight, gain=1)
-        self.num_classes, self.subcenters, self.scale, self.margin = num_classes, subcenters, scale, margin
-
-    def forward(self, y: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cosine = F.linear(F.normalize(y.float(), dim=1), F.normalize(self.weight.float(), dim=1))  # (B, C*K)
-        cosine = cosine.view(len(y), self.num_classes, self.subcenters).amax(dim=2)  # (B, C): nearest sub-centre
-        sine = (1.0 - cosine.pow(2)).clamp(min=1e-12).sqrt()
-        cos_plus_margin = cosine * math.cos(self.margin) - sine * math.sin(self.margin)  # cos(theta + m)
-        cos_plus_margin = torch.where(cosine > math.cos(math.pi - self.margin), cos_plus_margin,
-                                      cosine - math.sin(math.pi - self.margin) * self.margin)
-        target = F.one_hot(labels, self.num_classes).bool()
-        logits = self.scale * torch.where(target, cos_plus_margin, cosine)
-        return F.cross_entropy(logits, labels, reduction="none"), cosine.argmax(dim=1) == labels
-
-    @torch.no_grad()
-    def init_from_centroids(self, centroids: torch.Tensor, seed: int = 0) -> None:
-        """Start every class's sub-centres at its centroid (C, D) (DeepCluster-v2's head initialisation).
-
-        A random head on top of a pre-trained encoder sends large, meaningless gradients into it during the first
-        steps; centroid rows make the initial logits the cosine to each pseudo-class mean instead. Sub-centres of
-        a class get small independent perturbations so that they can separate.
-        """
-        if centroids.shape != (self.num_classes, self.weight.shape[1]):
-            raise ValueError(f"centroids: expected ({self.num_classes}, {self.weight.shape[1]}), got {tuple(centroids.shape)}")
-        rows = F.normalize(centroids.float(), dim=1).repeat_interleave(self.subcenters, dim=0)
-        if self.subcenters > 1:
-            generator = torch.Generator().manual_seed(seed)
-            rows = F.normalize(rows + 0.01 * torch.randn(rows.shape, generator=generator), dim=1)
-        self.weight.copy_(rows.to(self.weight))
-
-
 def gate_mask(losses: torch.Tensor, threshold: float) -> torch.Tensor:
     """g_i = [L_i <= threshold], (B,) bool."""
     return losses.detach() <= threshold
@@ -113,17 +66,31 @@ class PseudoSupervised(Method):
     """(Sub-center) AAM-softmax on pseudo-labels with loss-gated learning (fixed or GMM gate)."""
 
     uses_labels = True
+    collapse_rules = ()  # logs no embedding signal: the (pseudo-)labels guard against collapse
 
     def __init__(self, encoder, cfg: PseudoSupervisedConfig, info: TrainingInfo):
         super().__init__(encoder)
         if info.num_speakers < 2:
             raise ConfigError(f"method.name: pseudo_supervised needs at least 2 classes, the manifest has {info.num_speakers}")
         self.cfg = cfg
-        self.classifier = SubCenterAAMSoftmax(encoder.embed_dim, info.num_speakers, cfg.scale, cfg.margin, cfg.subcenters)
+        self.classifier = AAMSoftmax(encoder.embed_dim, info.num_speakers, cfg.scale, cfg.margin, cfg.subcenters)
         self.sample_losses = torch.full((info.num_samples,), float("nan"))  # this epoch's per-utterance losses
         self.losses_epoch = -1  # the epoch that sample_losses belongs to
         self.epoch = 0
         self.threshold = float("inf") if cfg.loss_gate != "fixed" else float(cfg.loss_gate_threshold)
+
+    def init_classifier(self, rows: torch.Tensor, kind: str = "centroids", seed: int = 0) -> None:
+        if kind == "centroids":
+            self.classifier.init_from_centroids(rows, seed=seed)
+            return
+        if kind != "classifier":
+            raise ConfigError(f"classifier_init: unknown kind '{kind}' (centroids or classifier)")
+        if rows.shape != self.classifier.weight.shape:
+            raise ConfigError(f"the previous classifier is {tuple(rows.shape)}, this one "
+                              f"{tuple(self.classifier.weight.shape)}; the same labels need the same method.subcenters "
+                              f"(or set classifier_init: random)")
+        with torch.no_grad():
+            self.classifier.weight.copy_(rows.to(self.classifier.weight))
 
     # ------------------------------------------------------------------------------------------------ gate
 
@@ -144,8 +111,6 @@ class PseudoSupervised(Method):
         self.losses_epoch = epoch
 
     def fit_gate(self) -> float:
-        from sslsv.pseudo_labels.filtering import fit_loss_gate
-
         device = self.classifier.weight.device
         table = self.sample_losses.to(device)
         seen = torch.isfinite(table)
@@ -158,9 +123,9 @@ class PseudoSupervised(Method):
     # ------------------------------------------------------------------------------------------------ step
 
     def forward(self, batch: Batch) -> StepOutput:
-        ys = torch.cat([self.encoder(view) for view in batch.views])  # (V*B, D)
+        ys = torch.cat(encode_views(self.encoder, batch.views))  # (V*B, D); views of equal length share one pass
         labels = batch.labels.repeat(len(batch.views))  # (V*B,)
-        losses, correct = self.classifier(ys, labels)  # (V*B,), (V*B,)
+        losses, correct = self.classifier(ys, labels, reduction="none")  # (V*B,), (V*B,)
         keep = gate_mask(losses, self.threshold) if self.gate_active() else torch.ones_like(losses, dtype=torch.bool)
         loss = (losses * keep).sum() / keep.sum().clamp(min=1)
         self.record_losses(batch.indices, losses.detach().view(len(batch.views), -1).mean(dim=0))
@@ -187,3 +152,29 @@ class PseudoSupervised(Method):
             self.losses_epoch = int(state["losses_epoch"])
             self.threshold = float(state["threshold"])
 
+
+def fit_loss_gate(losses: np.ndarray, seed: int = 0, resolution: int = 4097) -> float:
+    """Dynamic loss-gate threshold from per-sample losses (2-component GMM, DLG).
+
+    Args:
+        losses: (N,) per-sample losses of the previous epoch (NaN entries ignored).
+    Returns:
+        The loss above which a sample is more likely to belong to the high-loss component; +inf (keep everything)
+        when fewer than 10 finite losses are given or the two components coincide.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    values = np.asarray(losses, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 10 or np.ptp(values) <= 1e-12:
+        return float("inf")
+    gmm = GaussianMixture(n_components=2, covariance_type="full", random_state=seed, max_iter=200, tol=1e-5)
+    gmm.fit(values[:, None])
+    means = gmm.means_[:, 0]
+    low, high = int(np.argmin(means)), int(np.argmax(means))
+    if means[high] - means[low] <= 1e-9:
+        return float("inf")
+    grid = np.linspace(means[low], means[high], resolution)
+    posterior_high = gmm.predict_proba(grid[:, None])[:, high]
+    above = np.nonzero(posterior_high >= 0.5)[0]
+    return float(grid[above[0]] if len(above) else means[high])

@@ -1,6 +1,6 @@
 """SimCLR (Chen et al., 2020, arXiv 2002.05709) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.1.2, Eq. (2):
+Review (Lepage and Dehak), section 2.1.2, Eq. (2):
 
     L_SimCLR = -1/B sum_i log( l(z_i, z'_i) / sum_j l(z_i, z'_j) ),   l(a, b) = exp(cos(a, b) / tau)
 
@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
+from sslsv.methods.collapse import DEFAULT_RULES, NearMaximum
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import method_metrics, softmax_entropy
+from sslsv import distributed
+from sslsv.methods.signals import method_metrics, softmax_entropy
 
 
 @dataclass
@@ -70,16 +71,18 @@ class NTXentLoss(nn.Module):
 class SimCLR(Method):
     """SimCLR: contrastive, in-batch negatives (review Eq. 2); tau 0.03, no projector."""
 
+    # A uniform softmax over the 2N - 1 candidates: the positive is no longer told apart (complete collapse).
+    collapse_rules = DEFAULT_RULES + (NearMaximum("contrastive_entropy"),)
+
     def __init__(self, encoder, cfg: SimCLRConfig, info: TrainingInfo):
         super().__init__(encoder)
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
+        self.projector, _ = build_projector(cfg.projector, encoder.embed_dim)
         self.loss = NTXentLoss(cfg.temperature)
         self.entropy_bounds: dict[str, float] = {}
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "simclr")
-        y1, y2 = encode_pair(self.encoder, x1, x2)
-        z1, z2 = self.projector(y1), self.projector(y2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         loss, metrics = self.loss(z1, z2)
         candidates = 2 * len(z1) * distributed.world_size() - 1
         self.entropy_bounds["contrastive_entropy"] = math.log(candidates)  # read by the collapse detector

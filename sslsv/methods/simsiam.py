@@ -1,6 +1,6 @@
 """SimSiam (Chen & He, 2021, arXiv 2011.10566) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.4.2, Eq. (10):
+Review (Lepage and Dehak), section 2.4.2, Eq. (10):
 
     L_SimSiam = -1/B sum_i sim(p_i, sg(z'_i)),   p_i = h_psi(z_i)
 
@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
 from sslsv.registry import METHODS
-from sslsv.training.diagnostics import method_metrics
+from sslsv.methods.signals import method_metrics
 
 
 @dataclass
@@ -45,14 +45,13 @@ class SimSiam(Method):
 
     def __init__(self, encoder, cfg: SimSiamConfig, info: TrainingInfo):
         super().__init__(encoder)
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
-        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        self.projector, dim = build_projector(cfg.projector, encoder.embed_dim)
         self.predictor = predictor(dim, cfg.predictor_hidden_dim, dim)
         self.loss = SimSiamLoss()
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "simsiam")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         loss = self.loss(p1, p2, z1, z2)
         return StepOutput(loss, method_metrics(torch.cat([z1, z2])))

@@ -1,6 +1,6 @@
 """SwAV (Caron et al., 2020, arXiv 2006.09882) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.2.2, Eq. (5):
+Review (Lepage and Dehak), section 2.2.2, Eq. (5):
 
     L_SwAV = -1/(B P) sum_i sum_k a_{i,k} log( l(z'_i, c_k) / sum_k' l(z'_i, c_k') ),   l(a, b) = exp(cos(a, b) / tau)
 
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
+from sslsv.methods.collapse import CLUSTER_ENTROPY, DEFAULT_RULES
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import cluster_usage_entropy, method_metrics
+from sslsv import distributed
+from sslsv.methods.signals import cluster_usage_entropy, method_metrics
 
 
 @dataclass
@@ -91,11 +92,12 @@ class SwAVLoss(nn.Module):
 class SwAV(Method):
     """SwAV: online clustering with Sinkhorn codes and swapped prediction (review Eq. 5); P 6000, tau 0.1."""
 
+    collapse_rules = DEFAULT_RULES + (CLUSTER_ENTROPY,)
+
     def __init__(self, encoder, cfg: SwAVConfig, info: TrainingInfo):
         super().__init__(encoder)
         self.cfg = cfg
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
-        dim = cfg.projector.out_dim if cfg.projector.enabled else encoder.embed_dim
+        self.projector, dim = build_projector(cfg.projector, encoder.embed_dim)
         self.prototypes = nn.Linear(dim, cfg.num_prototypes, bias=False)
         self._normalise_prototypes()
         self.loss = SwAVLoss(cfg.temperature)
@@ -118,7 +120,7 @@ class SwAV(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "swav")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
         scores1, scores2 = self.prototypes(z1), self.prototypes(z2)  # (B, P) cosines
         use_queue = self._queue_active() and self.queue is not None and self.queue_count >= self.local_queue_size

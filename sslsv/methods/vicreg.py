@@ -1,6 +1,6 @@
 """VICReg (Bardes et al., 2022, arXiv 2105.04906) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.3.3, Eq. (8):
+Review (Lepage and Dehak), section 2.3.3, Eq. (8):
 
     L = lambda s(Z, Z') + mu (v(Z) + v(Z')) + nu (c(Z) + c(Z'))
     v(Z) = 1/D sum_d max(0, 1 - sqrt(Var(z^d) + eps))                       (eps = 1e-4)
@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training import distributed
-from sslsv.training.diagnostics import method_metrics
+from sslsv import distributed
+from sslsv.methods.signals import method_metrics
 
 
 @dataclass
@@ -82,11 +82,11 @@ class VICReg(Method):
 
     def __init__(self, encoder, cfg: VICRegConfig, info: TrainingInfo):
         super().__init__(encoder)
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
+        self.projector, _ = build_projector(cfg.projector, encoder.embed_dim)
         self.loss = VICRegLoss(cfg.invariance_weight, cfg.variance_weight, cfg.covariance_weight)
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "vicreg")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         loss, terms = self.loss(z1, z2)
         return StepOutput(loss, {**terms, **method_metrics(torch.cat([z1, z2]))})

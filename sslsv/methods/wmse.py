@@ -1,6 +1,6 @@
 """W-MSE (Ermolov et al., 2021, arXiv 2007.06346) for speaker verification.
 
-Review (../shared/papers/ssl_sv_review.txt), section 2.3.1, Eq. (6):
+Review (Lepage and Dehak), section 2.3.1, Eq. (6):
 
     L_W-MSE = 2 - 2 * 1/B sum_i sim(W(z_i), W(z'_i)),   W(z) = W (z - mu)
 
@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslsv.config import ConfigError
-from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_pair, two_views
+from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
-from sslsv.training.diagnostics import method_metrics
+from sslsv.methods.signals import method_metrics
 
 
 @dataclass
@@ -86,10 +86,10 @@ class WMSE(Method):
 
     def __init__(self, encoder, cfg: WMSEConfig, info: TrainingInfo):
         super().__init__(encoder)
-        self.projector = build_projector(cfg.projector, encoder.embed_dim)
+        self.projector, _ = build_projector(cfg.projector, encoder.embed_dim)
         self.loss = WMSELoss(cfg.w_size, cfg.w_iter, cfg.w_eps)
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "wmse")
-        z1, z2 = encode_pair(lambda x: self.projector(self.encoder(x)), x1, x2)
+        z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         return StepOutput(self.loss(z1, z2), method_metrics(torch.cat([z1, z2])))

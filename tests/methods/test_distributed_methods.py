@@ -20,7 +20,7 @@ from sslsv.methods.moco import MoCo, MoCoConfig
 from sslsv.methods.simclr import NTXentLoss
 from sslsv.methods.swav import sinkhorn_knopp
 from sslsv.methods.vicreg import VICRegLoss
-from sslsv.training import distributed
+from sslsv import distributed
 from tests.methods.method_helpers import tiny_info, tiny_speaker_model
 
 BATCH = 4  # per rank

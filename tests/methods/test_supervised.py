@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslsv.methods.supervised import AAMSoftmaxLoss
+from sslsv.methods.heads import AAMSoftmax
 
 
 def reference_aam(y, w, labels, s, m):
@@ -22,7 +22,7 @@ def reference_aam(y, w, labels, s, m):
 @pytest.mark.parametrize("s, m", [(30.0, 0.2), (10.0, 0.0), (5.0, 0.4)])
 def test_matches_equation_12(s, m):
     torch.manual_seed(0)
-    loss_fn = AAMSoftmaxLoss(8, 5, s, m).double()
+    loss_fn = AAMSoftmax(8, 5, s, m).double()
     y = torch.randn(6, 8, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
     with torch.no_grad():  # keep every target angle below pi - m, where Eq. (12) applies unmodified

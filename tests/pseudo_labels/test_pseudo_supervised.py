@@ -1,4 +1,5 @@
-"""pseudo_supervised: sub-center AAM-softmax against a plain computation, the loss gate, the GMM refit, resume."""
+"""pseudo_supervised: sub-center AAM-softmax (heads.AAMSoftmax) against a plain computation, the loss gate, the GMM
+refit, resume."""
 import math
 
 import numpy as np
@@ -7,8 +8,9 @@ import torch
 
 from sslsv.config import ConfigError
 from sslsv.methods.base import Batch, TrainingInfo
-from sslsv.methods.pseudo_supervised import PseudoSupervised, PseudoSupervisedConfig, SubCenterAAMSoftmax
-from sslsv.methods.supervised import AAMSoftmaxLoss
+from sslsv.methods.heads import AAMSoftmax
+from sslsv.methods.pseudo_supervised import PseudoSupervised, PseudoSupervisedConfig
+from sslsv.methods.supervised import Supervised, SupervisedConfig
 
 
 class Stub(torch.nn.Module):
@@ -55,19 +57,27 @@ def reference_losses(y, w, labels, classes, k, s, m):
 @pytest.mark.parametrize("m", [0.0, 0.2, 0.5])
 def test_subcenter_loss_matches_plain_computation(k, m):
     torch.manual_seed(1)
-    loss = SubCenterAAMSoftmax(6, 4, scale=30.0, margin=m, subcenters=k)
+    loss = AAMSoftmax(6, 4, scale=30.0, margin=m, subcenters=k)
     y, labels = torch.randn(9, 6), torch.randint(0, 4, (9,))
-    per_sample, _ = loss(y, labels)
+    per_sample, correct = loss(y, labels, reduction="none")
     expected = reference_losses(y.numpy(), loss.weight.detach().numpy(), labels.numpy(), 4, k, 30.0, m)
     np.testing.assert_allclose(per_sample.detach().numpy(), expected, rtol=1e-4, atol=1e-4)
+    mean, accuracy = loss(y, labels)  # the default reduction: the batch mean and the top-1 accuracy
+    assert mean.item() == pytest.approx(float(expected.mean()), rel=1e-4, abs=1e-4)
+    assert accuracy.item() == pytest.approx(correct.float().mean().item()) and not accuracy.requires_grad
 
 
-def test_one_subcenter_equals_supervised_aam_softmax():
-    torch.manual_seed(2)
-    ours, theirs = SubCenterAAMSoftmax(6, 4), AAMSoftmaxLoss(6, 4)
-    theirs.weight.data.copy_(ours.weight.data)
-    y, labels = torch.randn(12, 6), torch.randint(0, 4, (12,))
-    assert torch.allclose(ours(y, labels)[0].mean(), theirs(y, labels)[0], atol=1e-6)
+def test_supervised_and_one_subcenter_rounds_are_the_same_loss():
+    """supervised and pseudo_supervised (K = 1) share one classifier: same parameter name and shape (supervised
+    checkpoints keep loading), same initial weights from the same seed, same loss on the same batch."""
+    info = TrainingInfo(num_speakers=5, num_samples=40, steps_per_epoch=4, epochs=3)
+    torch.manual_seed(0)
+    supervised = Supervised(Stub(), SupervisedConfig(), info)
+    pseudo = method()
+    assert supervised.classifier.weight.shape == (5, 8) and "classifier.weight" in supervised.state_dict()
+    assert torch.equal(supervised.classifier.weight, pseudo.classifier.weight)
+    b = batch()
+    assert torch.allclose(supervised(b).loss, pseudo(b).loss, atol=1e-6)
 
 
 def test_fixed_gate_drops_exactly_samples_above_threshold():
@@ -75,7 +85,7 @@ def test_fixed_gate_drops_exactly_samples_above_threshold():
     b = batch()
     with torch.no_grad():
         ys = torch.cat([probe.encoder(v) for v in b.views])
-        per_sample, _ = probe.classifier(ys, b.labels.repeat(2))
+        per_sample, _ = probe.classifier(ys, b.labels.repeat(2), reduction="none")
     threshold = float(per_sample.median())
     gated = method(loss_gate="fixed", loss_gate_threshold=threshold, loss_gate_warmup_epochs=0)
     gated.on_epoch_start(0)
@@ -88,7 +98,7 @@ def test_fixed_gate_drops_exactly_samples_above_threshold():
     grad = gated.classifier.weight.grad.clone()
     gated.zero_grad()
     ys = torch.cat([gated.encoder(v) for v in b.views])
-    gated.classifier(ys, b.labels.repeat(2))[0][keep].mean().backward()
+    gated.classifier(ys, b.labels.repeat(2), reduction="none")[0][keep].mean().backward()
     assert torch.allclose(grad, gated.classifier.weight.grad, atol=1e-6)
 
 
@@ -125,7 +135,7 @@ def test_gmm_gate_refits_from_previous_epoch_and_survives_resume():
 def test_classifier_initialised_at_centroids_classifies_them(subcenters):
     torch.manual_seed(1)
     centroids = torch.randn(6, 16) * 3
-    loss = SubCenterAAMSoftmax(16, 6, subcenters=subcenters)
+    loss = AAMSoftmax(16, 6, subcenters=subcenters)
     loss.init_from_centroids(centroids, seed=0)
     rows = torch.nn.functional.normalize(loss.weight, dim=1).view(6, subcenters, 16)
     # every sub-centre of class c points (almost) at centroid c
@@ -133,7 +143,7 @@ def test_classifier_initialised_at_centroids_classifies_them(subcenters):
     assert cosines.min() > 0.99 and (subcenters == 1 or (rows[:, 0] - rows[:, 1]).abs().max() > 0)
     # points near each centroid are classified correctly from the first step (a random head would not)
     points = centroids + 0.1 * torch.randn(6, 16)
-    _, correct = loss(points, torch.arange(6))
+    _, correct = loss(points, torch.arange(6), reduction="none")
     assert correct.all()
     with pytest.raises(ValueError, match=r"expected \(6, 16\)"):
         loss.init_from_centroids(torch.randn(5, 16))
