@@ -1,9 +1,11 @@
 """Typed, strict configuration: YAML files with inheritance, dotted command-line overrides, validation.
 
 A config file is a mapping whose sections fill the dataclasses below. `base:` names one or more files (relative
-to the file that names them) whose contents are merged first, later ones winning. The `encoder:` and `method:`
-sections are typed by the dataclass that the named registry entry declares. Every key is checked: an unknown key,
-a wrong type or an unknown registry name raises ConfigError naming the dotted key and the closest valid one.
+to the file that names them) whose contents are merged first, later ones winning; the shipped configs compose
+fragments this way (configs/base/, configs/methods/, configs/encoders/; docs/config.md). The `encoder:` and
+`method:` sections are typed by the dataclass that the named registry entry declares. Every key is checked: an
+unknown key, a wrong type or an unknown registry name raises ConfigError naming the dotted key and the closest
+valid one.
 """
 from __future__ import annotations
 
@@ -158,46 +160,24 @@ class EvaluationConfig:
 
 @dataclass
 class CollapseConfig:
-    """When to call a run collapsed (review, section 6.1). A rule must hold for `patience_steps` consecutive
-    checks before it is reported; metrics a method does not log are ignored."""
+    """When to call a run collapsed (review, section 6.1). The rules, and the thresholds they compare signals with,
+    are declared by each method (`collapse_rules`, sslsv/methods/collapse.py; docs/methods.md lists them). A rule
+    must hold for `patience_steps` consecutive checks before it is reported; metrics a method does not log are
+    ignored."""
 
     enabled: bool = True
     action: Literal["warn", "stop"] = "warn"
     patience_steps: int = 50
-    # Complete collapse: near-constant embeddings (healthy: about 1/sqrt(D), 0.044 at D = 512).
-    min_embedding_std: float = 0.002
-    # Dimensional collapse: embeddings on (about) a line.
-    min_effective_rank: float = 1.5
-    # DINO without centering: one-hot teacher (healthy teacher entropy at tau_t = 0.04 is ~0.07 nats, Table 9).
-    min_teacher_entropy: float = 0.01
-    # DINO without centering, read from the batch: every sample's teacher distribution peaks on the same outputs,
-    # so the entropy of the batch's mean teacher distribution is low (healthy: the samples spread over many).
-    min_teacher_usage_entropy: float = 0.5
-    # DINO without centering, on the way to one-hot: the teacher has sharpened (its entropy is at most
-    # `teacher_sharpened_fraction` of log(out_dim)) but identically for every sample, i.e. the information its output
-    # carries about the sample, usage entropy - per-sample entropy, is under `min_teacher_information_ratio` of the
-    # nats it has lost from uniform, log(out_dim) - teacher entropy (near 1 for a healthy one-hot teacher).
-    teacher_sharpened_fraction: float = 0.75
-    min_teacher_information_ratio: float = 0.05
-    # Uniform collapse: an entropy within this fraction of its maximum (log of the number of candidates /
-    # prototypes, given by the method's `entropy_bounds`), e.g. MoCo without negatives -> log|Q|, DINO without
-    # sharpening -> log(out_dim). Not lower: a healthy MoCo demo run sits at up to 0.993 of log(|Q| + 1).
-    max_entropy_ratio: float = 0.995
-    # MoCo: queued negatives much further from the queries than the current step's other keys (cosine units), the
-    # shortcut of a drifting key encoder (no momentum encoder, section 6.1). Healthy demo runs stay below 0.01.
-    max_negative_gap: float = 0.1
-    # Clustering methods: all samples in a few clusters.
-    min_cluster_entropy: float = 0.5
-    # Constant teacher and student outputs (null: not checked, a converged run also has a small KL).
-    min_kl_teacher_student: float | None = None
+    # Overrides of the method's thresholds by name, e.g. `collapse.thresholds.min_teacher_entropy=0.02`; null turns
+    # a rule off. A name that the trained method's rules do not declare is an error when training starts.
+    thresholds: dict[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.patience_steps < 1:
             raise ConfigError("collapse.patience_steps: must be at least 1")
-        if not 0 < self.max_entropy_ratio <= 1:
-            raise ConfigError("collapse.max_entropy_ratio: must be in (0, 1]")
-        if not 0 < self.teacher_sharpened_fraction < 1:
-            raise ConfigError("collapse.teacher_sharpened_fraction: must be in (0, 1)")
+        for name, value in self.thresholds.items():
+            if value is not None and (value != value or abs(value) == float("inf")):
+                raise ConfigError(f"collapse.thresholds.{name}: must be a finite number or null")
 
 
 @dataclass
@@ -256,6 +236,8 @@ def read_yaml(path: str | Path, _chain: tuple = ()) -> dict:
     bases = data.pop("base", None) or []
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: base: expected a file name or a list of file names, got {bases!r}")
     merged: dict = {}
     for base in bases:
         base_path = (path.parent / base) if not os.path.isabs(base) else Path(base)
@@ -266,7 +248,11 @@ def read_yaml(path: str | Path, _chain: tuple = ()) -> dict:
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Deep merge; a registry section whose `name` changes replaces the base section instead of merging."""
+    """Deep merge, `override` winning; lists and scalars are replaced, not merged.
+
+    A registry section (`encoder:`, `method:`) whose `name` changes is replaced instead of merged: the previous
+    entry's options do not apply to another entry (`base: [supervised.yml]` + `method: {name: os_kdft, ...}` starts
+    from os_kdft's defaults). Dotted overrides follow the same rule (apply_overrides)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -279,12 +265,40 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings; values are parsed as YAML (3 -> int, [1, 2] -> list, null -> None)."""
+Overrides = typing.Union[dict, list, None]
+
+
+def override_list(overrides: Overrides, where: str = "overrides") -> list:
+    """Overrides as a list of items for apply_overrides: a mapping -> [mapping], None -> [], a list unchanged."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return [overrides]
+    if isinstance(overrides, (list, tuple)):
+        return list(overrides)
+    raise ConfigError(f"{where}: expected a mapping of sections (e.g. {{trainer: {{epochs: 10}}}}) or a list of "
+                      f"'key.subkey=value' strings, got {type(overrides).__name__} ({overrides!r})")
+
+
+def dotted_to_mapping(overrides: list[str]) -> dict:
+    """['trainer.epochs=3', 'method.name=byol'] -> {'trainer': {'epochs': 3}, 'method': {'name': 'byol'}}.
+
+    Merging the mapping gives the same config as applying the strings in order, unless a string sets a registry
+    section's `name` after options of that section (in the strings, the name change drops them)."""
+    return apply_overrides({}, overrides)
+
+
+def apply_overrides(data: dict, overrides: Overrides, where: str = "overrides") -> dict:
+    """Apply overrides in order. An item is either a mapping of sections, deep-merged like a config file (merge),
+    or an `a.b.c=value` string whose value is parsed as YAML (3 -> int, [1, 2] -> list, null -> None). `overrides`
+    itself may be one mapping. Setting `encoder.name`/`method.name` to another entry drops the previous options."""
     data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key.subkey=value")
+    for item in override_list(overrides, where):
+        if isinstance(item, dict):
+            data = merge(data, item)
+            continue
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"{where}: override {item!r} must look like key.subkey=value (or be a mapping)")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -303,10 +317,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Config:
-    """Load, merge, override and validate a config (the registries discover their units on the first lookup)."""
+def load_config(path: str | Path | None = None, overrides: Overrides = None, data: dict | None = None) -> Config:
+    """Load, merge, override and validate a config (the registries discover their units on the first lookup).
+
+    `overrides`: a list of `key.subkey=value` strings (and mappings), or one mapping merged over the file."""
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, overrides)
     config = build_config(raw)
     if config.run_dir is None and path is not None:
         config.run_dir = default_run_dir(path)

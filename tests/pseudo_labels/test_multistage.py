@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, dotted_to_mapping
 from sslsv.data.manifest import read_manifest
 from sslsv.pseudo_labels import multistage
 from sslsv.pseudo_labels.multistage import load_multistage_config, run_multistage
@@ -23,12 +23,13 @@ def _config(tmp_path: Path, data_root: Path) -> Path:
     labelled += tiny_overrides(data_root, tmp_path / "unused", **{**common, "trainer.epochs": 2})
     spec = {
         "workdir": str(tmp_path / "work"),
+        # the former list of "key=value" strings (still accepted) for the SSL stage, a mapping for the round
         "ssl": {"config": str(ROOT / "configs/simclr/fast_resnet34.yml"), "overrides": ssl},
         "trials": ["tiny/trials.txt"],
         "extraction": {"shard_size": 10, "batch_seconds": 10, "num_workers": 0, "device": "cpu"},
         "rounds": [{
             "config": str(ROOT / "configs/supervised/fast_resnet34.yml"),
-            "overrides": labelled,
+            "overrides": dotted_to_mapping(labelled),
             "clustering": {"kmeans_clusters": 8, "num_classes": 4, "ahc_neighbors": 4, "max_points_per_centroid": 8},
             "filtering": {"drop_fraction": 0.1, "min_cluster_size": 2},
         }],
