@@ -1,6 +1,6 @@
 """Every SSL method on the demo corpus with Fast ResNet-34: EER, minDCF and wall time, against random weights.
 
-    python -m sslsv.data.demo --out data/demo            # once
+    sslsv demo-corpus --output data/demo                    # once
     python benchmarks/bench_methods.py                   # all methods, configs/<method>/fast_resnet34_demo.yml
     python benchmarks/bench_methods.py --methods simclr moco --epochs 5
     python benchmarks/bench_methods.py --ablations       # the collapse ablations of the review, section 6.1
@@ -28,8 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from sslsv.training.diagnostics import read_metrics  # noqa: E402  (after the path insert)
 
-METHODS = ["simclr", "moco", "swav", "deepcluster", "wmse", "barlow_twins", "vicreg", "byol", "simsiam", "dino",
-           "cpc", "supervised"]
+from sslsv.registry import METHODS as REGISTERED  # noqa: E402
+
+# Every registered method that ships a demo config (pseudo-label rounds and distillation are stages of other
+# recipes and ship none), in registry order.
+METHODS = [m for m in REGISTERED.names() if (ROOT / "configs" / m / "fast_resnet34_demo.yml").is_file()]
 
 # (name, method config, overrides): the review's section 6.1 collapse cases, detected by the collapse watch. A demo
 # run has 50 steps, so the watch must react within 10 consecutive steps instead of the default 50; every step is
@@ -95,7 +98,8 @@ def last_signals(run_dir: Path) -> str:
 def evaluate(run_dir: Path, random_weights: bool = False):
     import torch
 
-    from sslsv.evaluation.evaluate import evaluate_model, load_model
+    from sslsv.evaluation.evaluate import evaluate_model
+    from sslsv.runs import load_model
 
     model, config, _ = load_model(run_dir, device="cpu", random_weights=random_weights)
     return evaluate_model(model, "demo", config, torch.device("cpu"), progress=False)
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", help="markdown file whose results section (between markers) is replaced")
     args = parser.parse_args(argv)
     if not (ROOT / "data/demo/train.csv").exists():
-        print("build the demo corpus first: python -m sslsv.data.demo --out data/demo", file=sys.stderr)
+        print("build the demo corpus first: sslsv demo-corpus --output data/demo", file=sys.stderr)
         return 2
 
     runs = [(a, m, o) for a, m, o in ABLATIONS] if args.ablations else [(m, m, []) for m in METHODS]
