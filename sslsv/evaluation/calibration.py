@@ -120,6 +120,17 @@ def train_calibration(scores, labels, p_target: float = 0.5, max_iter: int = 50,
     return Calibration(w_raw, b_raw, p_target, history)
 
 
+def _non_target_pairs(draw, speaker_ids: np.ndarray, count: int) -> tuple[list[int], list[int]]:
+    """`count` pairs of rows (drawn by `draw`) whose speakers differ."""
+    non_a, non_b = [], []
+    while len(non_a) < count:
+        a, b = draw(count - len(non_a)), draw(count - len(non_a))
+        ok = speaker_ids[a] != speaker_ids[b]
+        non_a.extend(a[ok])
+        non_b.extend(b[ok])
+    return non_a, non_b
+
+
 def make_calibration_trials(manifest: Manifest, n: int = 10_000, seed: int = 0,
                             durations: Sequence[tuple[float, float]] | None = None,
                             target_fraction: float = 0.5) -> Trials:
@@ -192,13 +203,7 @@ def make_calibration_trials(manifest: Manifest, n: int = 10_000, seed: int = 0,
         ok = (a != b) & (~multi_session[spk] | (sessions[a] != sessions[b]))
         enroll.extend(a[ok][: n_target - len(enroll)])
         test.extend(b[ok][: n_target - len(test)])
-    n_non = n - n_target
-    non_a, non_b = [], []
-    while len(non_a) < n_non:
-        a, b = draw(n_non - len(non_a)), draw(n_non - len(non_a))
-        ok = speaker_ids[a] != speaker_ids[b]
-        non_a.extend(a[ok])
-        non_b.extend(b[ok])
+    non_a, non_b = _non_target_pairs(draw, speaker_ids, n - n_target)
     files = np.asarray(manifest.files, dtype=object)
     e = np.concatenate([np.asarray(enroll, dtype=np.int64), np.asarray(non_a, dtype=np.int64)])
     t = np.concatenate([np.asarray(test, dtype=np.int64), np.asarray(non_b, dtype=np.int64)])

@@ -74,6 +74,19 @@ def _reference_rows(run_dir: Path, names: list[str], use_average: bool, device, 
     return rows
 
 
+def _check_finetune_request(fractions: list[float], epochs: int, inits: tuple[str, ...]) -> None:
+    from sslsv.runs import RunError
+
+    unknown = [i for i in inits if i not in ("ssl", "random")]
+    if unknown or not inits:
+        raise RunError(f"init must be 'ssl' and/or 'random', got {list(inits)}")
+    if epochs < 1:
+        raise RunError(f"--epochs must be at least 1, got {epochs}")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad or not fractions:
+        raise RunError(f"--fractions must be in (0, 1], got {fractions}")
+
+
 def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trials: list[str] | None = None,
                  output: str | Path | None = None, seed: int = 0, overrides: list[str] | None = None,
                  inits: tuple[str, ...] = ("ssl", "random"), restart: bool = False, use_average: bool = True,
@@ -98,18 +111,11 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
     """
     from sslsv.distributed import resolve_device
     from sslsv.evaluation.evaluate import evaluate_run, slug
-    from sslsv.runs import RunError, RunLayout, load_run_config, run_weights
+    from sslsv.runs import RunLayout, load_run_config, run_weights
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    unknown = [i for i in inits if i not in ("ssl", "random")]
-    if unknown or not inits:
-        raise RunError(f"init must be 'ssl' and/or 'random', got {list(inits)}")
-    if epochs < 1:
-        raise RunError(f"--epochs must be at least 1, got {epochs}")
-    bad = [f for f in fractions if not 0 < f <= 1]
-    if bad or not fractions:
-        raise RunError(f"--fractions must be in (0, 1], got {fractions}")
+    _check_finetune_request(fractions, epochs, inits)
     names = list(trials or config.evaluation.trials)
     out = Path(output) if output is not None else run_dir / "finetune"
     weights = run_weights(run_dir, use_average)

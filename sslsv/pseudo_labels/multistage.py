@@ -257,18 +257,8 @@ def round_dir(cfg: MultistageConfig, index: int) -> Path:
     return Path(cfg.workdir) / f"round_{index:02d}"
 
 
-def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
-    """Run (or resume) the SSL stage and every round; returns the table rows and writes <workdir>/rounds.md."""
-    from sslsv.distributed import resolve_device
-    from sslsv.runs import load_run_config
-
-    distributed.init_distributed(resolve_device(cfg.extraction.device))
-    main = distributed.is_main()
-    workdir = Path(cfg.workdir)
-    rows = []
-    quiet = [] if progress else ["trainer.progress_bar=false"]  # --no-progress silences the trainings' bars too
-
-    # Round 0: the SSL model.
+def _ssl_stage(cfg: MultistageConfig, quiet: list[str], main: bool) -> tuple[Path, dict]:
+    """Round 0: train (or resume) and evaluate the SSL model; returns its run directory and table row."""
     ssl_dir = Path(cfg.ssl.run_dir) if cfg.ssl.run_dir else round_dir(cfg, 0)
     state = RoundState(round_dir(cfg, 0) / "state.json")
     if cfg.ssl.config and not state.done("train"):
@@ -280,7 +270,39 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
         results = evaluate_step(ssl_dir, cfg.trials) if main else {}
         state.finish("evaluate", **results)
         distributed.barrier()
-    rows.append({"round": 0, "model": str(ssl_dir), **_reread(state)})
+    return ssl_dir, {"round": 0, "model": str(ssl_dir), **_reread(state)}
+
+
+def _train_round(cfg: MultistageConfig, spec: RoundConfig, folder: Path, previous: Path, manifest: Manifest,
+                 data_root: str, quiet: list[str]) -> None:
+    """The supervised training of one round on its pseudo-labelled manifest, from the previous round's encoder
+    and (by default) a classifier started at the pseudo-classes' centroids."""
+    overrides = override_list(spec.overrides) + quiet + [f"run_dir={folder / 'run'}", f"dataset.data_root={data_root}",
+                                                         f"dataset.manifest={(folder / 'train.csv').resolve()}"]
+    head, kind = None, "centroids"
+    if spec.init == "previous" and spec.classifier_init == "centroids":
+        if spec.relabel:
+            embeddings = folder / "embeddings" / "embeddings.npy"  # by `previous`, the encoder's start
+            head = class_centroids(np.load(embeddings, mmap_mode="r"), manifest, read_manifest(folder / "train.csv"))
+        else:  # same labels as the previous round (e.g. LMFT): continue from its trained classifier
+            head, kind = previous_classifier(previous), "classifier"
+    train_step(spec.config, overrides, previous if spec.init == "previous" else None, cfg.extraction.use_average,
+               needs_labels=True, classifier_rows=head, classifier_kind=kind)
+
+
+def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
+    """Run (or resume) the SSL stage and every round; returns the table rows and writes <workdir>/rounds.md."""
+    from sslsv.distributed import resolve_device
+    from sslsv.runs import load_run_config
+
+    distributed.init_distributed(resolve_device(cfg.extraction.device))
+    main = distributed.is_main()
+    workdir = Path(cfg.workdir)
+    rows = []
+    quiet = [] if progress else ["trainer.progress_bar=false"]  # --no-progress silences the trainings' bars too
+
+    ssl_dir, row = _ssl_stage(cfg, quiet, main)
+    rows.append(row)
 
     ssl_config = load_run_config(ssl_dir)
     data_root = cfg.data_root or ssl_config.dataset.data_root
@@ -318,18 +340,7 @@ def run_multistage(cfg: MultistageConfig, progress: bool = True) -> list[dict]:
             distributed.barrier()
         if not state.done("train"):
             _say(main, f"round {index}: supervised training on {folder / 'train.csv'} -> {run_dir}")
-            overrides = override_list(spec.overrides) + quiet + [f"run_dir={run_dir}", f"dataset.data_root={data_root}",
-                                          f"dataset.manifest={(folder / 'train.csv').resolve()}"]
-            head, kind = None, "centroids"
-            if spec.init == "previous" and spec.classifier_init == "centroids":
-                if spec.relabel:
-                    embeddings = folder / "embeddings" / "embeddings.npy"  # by `previous`, the encoder's start
-                    head = class_centroids(np.load(embeddings, mmap_mode="r"), manifest,
-                                           read_manifest(folder / "train.csv"))
-                else:  # same labels as the previous round (e.g. LMFT): continue from its trained classifier
-                    head, kind = previous_classifier(previous), "classifier"
-            train_step(spec.config, overrides, previous if spec.init == "previous" else None, cfg.extraction.use_average,
-                       needs_labels=True, classifier_rows=head, classifier_kind=kind)
+            _train_round(cfg, spec, folder, previous, manifest, data_root, quiet)
             state.finish("train")
         if spec.evaluate and not state.done("evaluate"):
             results = evaluate_step(run_dir, cfg.trials) if main else {}
