@@ -106,7 +106,7 @@ class Trainer:
         self.initial = initial
         if config.trainer.validate_every and config.trainer.validation_trials and validate is None:
             raise TrainingError("trainer.validation_trials is set but this trainer was given no validation function "
-                                "(build one with sslsv.evaluation.evaluate.trial_validator)")
+                                "(build one with sslsv.evaluation.validation.trial_validator, or use build_trainer)")
         self.device = resolve_device(config.trainer.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
