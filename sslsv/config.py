@@ -5,14 +5,18 @@ to the file that names them) whose contents are merged first, later ones winning
 fragments this way (configs/base/, configs/methods/, configs/encoders/; docs/config.md). The `encoder:` and
 `method:` sections are typed by the dataclass that the named registry entry declares. Every key is checked: an
 unknown key, a wrong type or an unknown registry name raises ConfigError naming the dotted key and the closest
-valid one.
+valid one. Values are checked too (docs/config.md, "Validation"): ranges and orderings in each section's
+`__post_init__`, the rules that span sections in `check_config`, and combinations that do nothing are reported by
+`config_warnings` (printed once by `load_config`).
 """
 from __future__ import annotations
 
 import copy
-import re
 import dataclasses
+import math
 import os
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sslsv.distributed import DeviceError, parse_device
 from sslsv.registry import ENCODERS, METHODS, Registry, RegistryError, closest
 
 
@@ -48,10 +53,31 @@ class FeaturesConfig:
     instance_norm: bool = True  # per-utterance mean/variance normalisation of every mel band
 
     def __post_init__(self) -> None:
-        _check(self.sample_rate > 0, "features.sample_rate", "must be positive")
-        _check(self.n_mels > 0, "features.n_mels", "must be positive")
-        _check(0 <= self.preemphasis < 1, "features.preemphasis", "must be in [0, 1)")
-        _check(self.win_ms > 0 and self.hop_ms > 0, "features.win_ms", "window and hop must be positive")
+        require(self.sample_rate > 0, "features.sample_rate", "positive", self.sample_rate)
+        require(self.win_ms > 0, "features.win_ms", "positive", self.win_ms)
+        require(0 < self.hop_ms <= self.win_ms, "features.hop_ms",
+                f"in (0, features.win_ms = {self.win_ms:g}] (a hop longer than the window skips samples)", self.hop_ms)
+        require(self.hop_samples >= 1, "features.hop_ms", f"at least one sample at {self.sample_rate} Hz", self.hop_ms)
+        require(self.n_fft >= self.window_samples, "features.n_fft",
+                f">= the window ({self.win_ms:g} ms = {self.window_samples} samples at {self.sample_rate} Hz)",
+                self.n_fft)
+        bins = self.n_fft // 2 + 1
+        require(1 <= self.n_mels <= bins, "features.n_mels",
+                f"in [1, {bins}] (the frequency bins of n_fft {self.n_fft}; more leaves mel bands empty)", self.n_mels)
+        nyquist = self.sample_rate / 2
+        require(self.f_max is None or 0 < self.f_max <= nyquist, "features.f_max",
+                f"in (0, {nyquist:g}] (the Nyquist frequency of {self.sample_rate} Hz) or null", self.f_max)
+        top, name = (nyquist, "the Nyquist frequency") if self.f_max is None else (self.f_max, "features.f_max")
+        require(0 <= self.f_min < top, "features.f_min", f"in [0, {top:g}) (below {name})", self.f_min)
+        require(0 <= self.preemphasis < 1, "features.preemphasis", "in [0, 1)", self.preemphasis)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.win_ms * self.sample_rate / 1000))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_ms * self.sample_rate / 1000))
 
 
 @dataclass
@@ -62,8 +88,8 @@ class ViewGroup:
     seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        _check(self.count >= 1, "dataset.views.count", "must be at least 1")
-        _check(self.seconds > 0, "dataset.views.seconds", "must be positive")
+        require(self.count >= 1, "dataset.views.count", "at least 1", self.count)
+        require(self.seconds > 0, "dataset.views.seconds", "positive", self.seconds)
 
 
 @dataclass
@@ -75,6 +101,8 @@ class DatasetConfig:
     batch_size: int = 256  # global batch: divided across ranks under torchrun
     num_workers: int = 4
     check_manifest: bool = True  # verify every file before training (missing, empty, unreadable, rate, length)
+    # also decode every file before training (NaN/Inf samples, data cut short): one full read of the corpus
+    check_manifest_deep: bool = False
     # Shortest usable file. Files shorter than a view are repeated to fill it (never zero-padded); set this to the
     # longest view to forbid that.
     min_seconds: float = 0.5
@@ -83,9 +111,10 @@ class DatasetConfig:
     positive_sampling: Literal["same_utterance", "supervised"] = "same_utterance"
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "dataset.batch_size", "must be at least 1")
-        _check(self.num_workers >= 0, "dataset.num_workers", "must be >= 0")
+        require(self.batch_size >= 1, "dataset.batch_size", "at least 1", self.batch_size)
+        require(self.num_workers >= 0, "dataset.num_workers", ">= 0", self.num_workers)
         _check(len(self.views) >= 1, "dataset.views", "needs at least one view group")
+        require(self.min_seconds >= 0, "dataset.min_seconds", ">= 0", self.min_seconds)
 
 
 @dataclass
@@ -103,10 +132,13 @@ class AugmentationConfig:
     rir_max_seconds: float = 1.0  # RIR tails longer than this are cut
 
     def __post_init__(self) -> None:
-        _check(0 <= self.probability <= 1, "augmentation.probability", "must be in [0, 1]")
+        require(0 <= self.probability <= 1, "augmentation.probability", "in [0, 1]", self.probability)
         for name in ("snr_noise", "snr_music", "snr_speech", "babble_speakers"):
             low, high = getattr(self, name)
-            _check(low <= high, f"augmentation.{name}", "needs low <= high")
+            require(low <= high, f"augmentation.{name}", "[low, high] with low <= high (dB)", [low, high])
+        require(self.babble_speakers[0] >= 1, "augmentation.babble_speakers",
+                "[low, high] with 1 <= low <= high (speech files per babble)", list(self.babble_speakers))
+        require(self.rir_max_seconds > 0, "augmentation.rir_max_seconds", "positive", self.rir_max_seconds)
 
 
 @dataclass
@@ -142,11 +174,50 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "trainer.epochs", "must be at least 1")
-        _check(self.lr > 0, "trainer.lr", "must be positive")
-        _check(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be at least 1")
-        _check(self.average_last >= 1, "trainer.average_last", "must be at least 1")
-        _check(self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip", "must be positive or null")
+        self._check_optimisation()
+        self._check_steps()
+        self._check_validation()
+        check_device(self.device, "trainer.device")
+
+    def _check_optimisation(self) -> None:
+        require(self.epochs >= 1, "trainer.epochs", "at least 1", self.epochs)
+        require(self.lr > 0, "trainer.lr", "positive", self.lr)
+        require(0 <= self.min_lr <= self.lr, "trainer.min_lr",
+                f"in [0, trainer.lr = {self.lr:g}] (the rate would rise instead of decay)", self.min_lr)
+        require(self.weight_decay >= 0, "trainer.weight_decay", ">= 0", self.weight_decay)
+        require(0 <= self.sgd_momentum < 1, "trainer.sgd_momentum", "in [0, 1)", self.sgd_momentum)
+        if self.optimizer == "sgd" and self.nesterov:  # torch's SGD refuses Nesterov without momentum
+            require(self.sgd_momentum > 0, "trainer.sgd_momentum", "> 0 with trainer.nesterov true", self.sgd_momentum)
+        require(self.step_epochs >= 1, "trainer.step_epochs", "at least 1", self.step_epochs)
+        require(0 < self.step_gamma <= 1, "trainer.step_gamma", "in (0, 1]", self.step_gamma)
+        require(self.warmup_epochs >= 0, "trainer.warmup_epochs", ">= 0", self.warmup_epochs)
+        require(self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip", "positive or null", self.grad_clip)
+        # numpy's and torch's generators take seeds below 2**32 for every derived seed to stay in range
+        require(0 <= self.seed < 2**32, "trainer.seed", "in [0, 2**32)", self.seed)
+
+    def _check_steps(self) -> None:
+        require(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "trainer.max_steps_per_epoch",
+                "at least 1 or null (0 steps would save an untrained model)", self.max_steps_per_epoch)
+        require(self.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps",
+                ">= 0 (0: at the end of each epoch only)", self.checkpoint_every_steps)
+        require(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", "at least 1", self.keep_checkpoints)
+        require(self.average_last >= 1, "trainer.average_last", "at least 1", self.average_last)
+        require(self.log_every_steps >= 1, "trainer.log_every_steps", "at least 1", self.log_every_steps)
+
+    def _check_validation(self) -> None:
+        require(self.validate_every >= 0, "trainer.validate_every", ">= 0 (0: never)", self.validate_every)
+        require(self.early_stopping_patience >= 0, "trainer.early_stopping_patience", ">= 0 (0: off)",
+                self.early_stopping_patience)
+        require(self.early_stopping_min_delta >= 0, "trainer.early_stopping_min_delta", ">= 0",
+                self.early_stopping_min_delta)
+        if self.validates:
+            _check(self.tracked_metric in VALIDATION_METRICS, "trainer.tracked_metric",
+                   f"unknown metric {self.tracked_metric!r} (the validation computes {', '.join(VALIDATION_METRICS)})")
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run validates: both the period and the trial list are set."""
+        return bool(self.validate_every and self.validation_trials)
 
 
 @dataclass
@@ -156,6 +227,11 @@ class EvaluationConfig:
     max_trim: float = 0.01  # files batched together are cut to the shortest; at most this fraction is dropped
     use_average: bool = True  # use the averaged weights when the run has them
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.batch_seconds > 0, "evaluation.batch_seconds", "positive", self.batch_seconds)
+        require(0 <= self.max_trim < 1, "evaluation.max_trim", "in [0, 1)", self.max_trim)
+        check_device(self.device, "evaluation.device")
 
 
 @dataclass
@@ -204,6 +280,10 @@ class Config:
         return _to_plain(self)
 
 
+# What the trainer's validation (sslsv.evaluation.validation.trial_validator) reports, all lower-is-better; the
+# names `trainer.tracked_metric` may take.
+VALIDATION_METRICS = ("val/eer", "val/min_dcf_001", "val/min_dcf_005")
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 SPEC_REGISTRIES: dict[str, Registry] = {"encoder": ENCODERS, "method": METHODS}
@@ -217,6 +297,29 @@ SPEC_REGISTRIES: dict[str, Registry] = {"encoder": ENCODERS, "method": METHODS}
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
+
+
+def require(condition: bool, key: str, requirement: str, value: Any) -> None:
+    """Raise ConfigError "<key>: must be <requirement>, got <value>" unless `condition` holds. A non-finite number
+    never passes: NaN fails every comparison by itself, but inf would pass `> 0`."""
+    if not _finite(value):
+        raise ConfigError(f"{key}: must be finite and {requirement}, got {value!r}")
+    if not condition:
+        raise ConfigError(f"{key}: must be {requirement}, got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def check_device(name: str, key: str) -> None:
+    """The device's spelling (sslsv.distributed.parse_device); whether it exists here is checked when it is used."""
+    try:
+        parse_device(name)
+    except DeviceError as error:
+        raise ConfigError(f"{key}: {error}") from None
 
 
 def read_yaml(path: str | Path, _chain: tuple = ()) -> dict:
@@ -326,6 +429,8 @@ def load_config(path: str | Path | None = None, overrides: Overrides = None, dat
     config = build_config(raw)
     if config.run_dir is None and path is not None:
         config.run_dir = default_run_dir(path)
+    check_run_dir(config.run_dir)
+    print_warnings(config_warnings(config))
     return config
 
 
@@ -348,7 +453,81 @@ def build_config(raw: dict) -> Config:
         specs[key] = build_spec(section, key, registry)
     config = from_dict(Config, {**raw, **{k: None for k in specs}}, "", skip=set(specs))
     config.encoder, config.method = specs["encoder"], specs["method"]
+    check_config(config)
     return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rules across sections, and warnings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_config(config: Config) -> None:
+    """The rules that involve several sections (each section checks its own keys when it is built)."""
+    window = config.features.win_ms / 1000
+    for index, group in enumerate(config.dataset.views):
+        require(group.seconds >= window, f"dataset.views[{index}].seconds",
+                f">= one analysis window (features.win_ms = {config.features.win_ms:g} ms)", group.seconds)
+
+
+def check_run_dir(run_dir: str | None) -> None:
+    if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ConfigError(f"run_dir: {run_dir} is a file, not a directory")
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but do nothing (or not what they seem to), as "<key>: <why>" lines."""
+    return _validation_warnings(config.trainer) + _optimiser_warnings(config.trainer)
+
+
+def _validation_warnings(cfg: TrainerConfig) -> list[str]:
+    out = []
+    if cfg.validate_every and not cfg.validation_trials:
+        out.append(f"trainer.validate_every: {cfg.validate_every} does nothing without trainer.validation_trials "
+                   "(no validation runs)")
+    if cfg.early_stopping_patience and not cfg.validates:
+        out.append(f"trainer.early_stopping_patience: {cfg.early_stopping_patience} does nothing without validation "
+                   "(set trainer.validate_every and trainer.validation_trials)")
+    if cfg.validates and cfg.tracked_mode == "max":
+        out.append(f"trainer.tracked_mode: 'max' keeps the worst model: {cfg.tracked_metric} is lower-is-better")
+    return out
+
+
+def _optimiser_warnings(cfg: TrainerConfig) -> list[str]:
+    out = []
+    if cfg.optimizer != "sgd":
+        if cfg.nesterov:
+            out.append(f"trainer.nesterov: ignored by optimizer '{cfg.optimizer}' (only sgd has Nesterov momentum)")
+        if cfg.sgd_momentum != _default(TrainerConfig, "sgd_momentum"):
+            out.append(f"trainer.sgd_momentum: {cfg.sgd_momentum:g} is ignored by optimizer '{cfg.optimizer}' "
+                       "(only sgd uses it)")
+    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+        out.append(f"trainer.warmup_epochs: {cfg.warmup_epochs:g} >= trainer.epochs ({cfg.epochs}): the run ends "
+                   "during the warm-up, the rate never reaches trainer.lr")
+    if cfg.min_lr and cfg.schedule in ("constant", "step"):
+        out.append(f"trainer.min_lr: {cfg.min_lr:g} is ignored by schedule '{cfg.schedule}' (only cosine and "
+                   "warmup_cosine use it)")
+    if cfg.decay_norm_and_bias and not cfg.weight_decay:
+        out.append("trainer.decay_norm_and_bias: does nothing with trainer.weight_decay 0")
+    return out
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+_printed_warnings: set[str] = set()
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Print each warning once per process as "warning: ..." on stderr; only the first process under torchrun
+    (RANK is read from the environment: the process group may not exist yet)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for warning in warnings:
+        if warning not in _printed_warnings:
+            _printed_warnings.add(warning)
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 def build_spec(section: Any, key: str, registry: Registry) -> Spec:

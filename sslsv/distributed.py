@@ -191,19 +191,32 @@ class DeviceError(ValueError):
     """A device name that cannot be used here (unknown, or CUDA asked for without CUDA)."""
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(name: str) -> torch.device | None:
+    """Check a device name's spelling without looking at the hardware (a config naming "cuda" must load on a
+    laptop): None for "auto" (decided by resolve_device), else the torch.device it names. DeviceError for a name
+    that is not a CPU, CUDA or MPS device."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"unknown device '{name}' (use {DEVICE_CHOICES})") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported device '{name}' (use {DEVICE_CHOICES})")
+    return device
+
+
 def resolve_device(name: str | torch.device) -> torch.device:
     """The one device resolver: "auto" -> this process's GPU (cuda:LOCAL_RANK under torchrun) when CUDA is
     available, else the CPU; "cuda" without an index -> cuda:LOCAL_RANK; anything else as torch spells it."""
     if isinstance(name, torch.device):
         return name
-    if name == "auto":
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"unsupported device '{name}' (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device '{name}' asked for, but CUDA is not available here (use auto or cpu)")
     if device.type == "cuda" and device.index is None:

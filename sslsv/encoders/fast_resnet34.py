@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.encoders.base import Encoder
 from sslsv.encoders.pooling import build_pooling
 from sslsv.registry import ENCODERS, POOLINGS
@@ -40,6 +40,8 @@ class FastResNet34Config:
             )
         if self.base_width < 1 or self.embed_dim < 1:
             raise ConfigError("encoder.base_width: widths and embed_dim must be positive")
+        require(min(self.layers) >= 1, "encoder.layers", "at least 1 block per stage", list(self.layers))
+        require(self.se_reduction >= 1, "encoder.se_reduction", "at least 1", self.se_reduction)
 
 
 class SqueezeExcitation(nn.Module):

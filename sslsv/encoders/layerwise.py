@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.encoders.base import Encoder
 from sslsv.encoders.blocks import EmbeddingHead, attentive_stats_pooling
 from sslsv.encoders.sv_mixer import TINY_MIXER, SVMixerBackbone, SVMixerConfig
@@ -236,6 +236,8 @@ class SVMixerLAPConfig:
     embed_dim: int = 192
 
     def __post_init__(self) -> None:
+        require(self.heads >= 1, "encoder.heads", "at least 1", self.heads)
+        require(0 <= self.dropout < 1, "encoder.dropout", "in [0, 1)", self.dropout)
         if self.sv_mixer.hidden_size % self.heads:
             raise ConfigError(f"encoder.heads: {self.heads} heads do not divide sv_mixer.hidden_size "
                               f"{self.sv_mixer.hidden_size}")
@@ -255,6 +257,8 @@ class SVMixerUniPoolConfig:
     def __post_init__(self) -> None:
         if self.width < 1 or self.blocks < 1 or self.embed_dim < 1:
             raise ConfigError("encoder.width: width, blocks and embed_dim must be positive")
+        require(self.heads >= 1, "encoder.heads", "at least 1", self.heads)
+        require(0 <= self.dropout < 1, "encoder.dropout", "in [0, 1)", self.dropout)
         if (4 * self.width) % self.heads:
             raise ConfigError(f"encoder.heads: {self.heads} heads do not divide the {4 * self.width} channels")
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.encoders.base import Encoder
 from sslsv.encoders.blocks import EmbeddingHead, attentive_stats_pooling
 from sslsv.registry import ENCODERS
@@ -88,6 +88,8 @@ class ReDimNetConfig:
             raise ConfigError("encoder.group_divisor: must be at least 1")
         if self.embed_dim < 1:
             raise ConfigError("encoder.embed_dim: must be positive")
+        require(self.heads >= 1, "encoder.heads", "at least 1", self.heads)
+        require(self.pool_bottleneck >= 1, "encoder.pool_bottleneck", "at least 1", self.pool_bottleneck)
         width = self.channels * self.freq_bins
         c, f = self.channels, self.freq_bins
         for i, stage in enumerate(self.stages):

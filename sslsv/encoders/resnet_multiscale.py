@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.encoders.fast_resnet34 import FastResNet34, FastResNet34Config
 from sslsv.encoders.pooling import build_pooling
 from sslsv.registry import ENCODERS, POOLINGS
@@ -81,6 +81,7 @@ class FastResNet34MSConfig:
         for key in ("fpm_channels", "embed_dim", "base_width", "se_reduction"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"encoder.{key}: must be positive")
+        require(min(self.layers) >= 1, "encoder.layers", "at least 1 block per stage", list(self.layers))
         if self.pool_channels < 0:
             raise ConfigError("encoder.pool_channels: must be >= 0 (0: no 1x1 conv before pooling)")
         if self.aggregation == "msfa" and (self.pool_channels or self.share_pooling):

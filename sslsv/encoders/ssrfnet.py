@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from sslsv.audio.features import LogMel
-from sslsv.config import ConfigError, FeaturesConfig
+from sslsv.config import ConfigError, FeaturesConfig, require
 from sslsv.encoders.base import Encoder
 from sslsv.encoders.blocks import EmbeddingHead, attentive_stats_pooling
 from sslsv.encoders.redimnet import (
@@ -78,6 +78,7 @@ class SSRFNetConfig:
     embedding_bn: bool = False
 
     def __post_init__(self) -> None:
+        require(self.n_mels >= 1, "encoder.n_mels", "at least 1", self.n_mels)
         width = self.channels * self.freq_bins
         if width != self.sv_mixer.hidden_size:
             raise ConfigError(f"encoder.freq_bins: channels * freq_bins = {width} must equal "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sslsv.config import require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
@@ -31,6 +32,9 @@ from sslsv.methods.signals import method_metrics
 class BarlowTwinsConfig:
     scale: float = 0.005  # lambda, review section 4.3
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+    def __post_init__(self) -> None:
+        require(self.scale >= 0, "method.scale", ">= 0", self.scale)
 
 
 def _standardise(z: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.ema import cosine_schedule, momentum_copy, update_momentum
 from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
@@ -35,8 +35,9 @@ class BYOLConfig:
     momentum_end: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.momentum_start <= self.momentum_end <= 1:
-            raise ConfigError("method.momentum_start: need 0 <= momentum_start <= momentum_end <= 1")
+        require(self.predictor_hidden_dim >= 1, "method.predictor_hidden_dim", "at least 1", self.predictor_hidden_dim)
+        require(0 <= self.momentum_start <= self.momentum_end <= 1, "method.momentum_start",
+                "in [0, method.momentum_end] with momentum_end <= 1", [self.momentum_start, self.momentum_end])
 
 
 def negative_cosine_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.collapse import CLUSTER_ENTROPY, DEFAULT_RULES
 from sslsv.methods.heads import ProjectorConfig, build_projector
@@ -55,6 +55,9 @@ class DeepClusterConfig:
             raise ConfigError("method.temperature: must be positive")
         if not self.num_clusters or min(self.num_clusters) < 2:
             raise ConfigError("method.num_clusters: needs at least one clustering of at least 2 clusters")
+        require(self.kmeans_iterations >= 1, "method.kmeans_iterations", "at least 1", self.kmeans_iterations)
+        require(self.kmeans_restarts >= 1, "method.kmeans_restarts", "at least 1", self.kmeans_restarts)
+        require(self.seed >= 0, "method.seed", ">= 0", self.seed)
 
 
 class DeepClusterLoss(nn.Module):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views
 from sslsv.methods.collapse import DEFAULT_RULES, Below, Compound, NearMaximum, Threshold
 from sslsv.methods.ema import cosine_schedule, momentum_copy, update_momentum
@@ -65,6 +65,10 @@ class DINOConfig:
             raise ConfigError("method.momentum_start: need 0 <= momentum_start <= momentum_end <= 1")
         if not 0 <= self.center_momentum < 1:
             raise ConfigError("method.center_momentum: must be in [0, 1)")
+        for name in ("hidden_dim", "bottleneck_dim", "out_dim"):
+            require(getattr(self, name) >= 1, f"method.{name}", "at least 1", getattr(self, name))
+        for name in ("warmup_teacher_epochs", "freeze_last_layer_epochs"):
+            require(getattr(self, name) >= 0, f"method.{name}", ">= 0", getattr(self, name))
 
 
 class DINOLoss(nn.Module):

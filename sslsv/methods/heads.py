@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 
 
 def mlp(dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False, last_bias: bool = True) -> nn.Sequential:
@@ -41,6 +41,8 @@ class ProjectorConfig:
     def __post_init__(self) -> None:
         if self.num_layers < 1:
             raise ConfigError("method.projector.num_layers: must be at least 1")
+        for name in ("hidden_dim", "out_dim"):
+            require(getattr(self, name) >= 1, f"method.projector.{name}", "at least 1", getattr(self, name))
 
 
 def build_projector(cfg: ProjectorConfig, in_dim: int) -> tuple[nn.Module, int]:

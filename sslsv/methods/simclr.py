@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslsv.config import require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.collapse import DEFAULT_RULES, NearMaximum
 from sslsv.methods.heads import ProjectorConfig, build_projector
@@ -30,6 +31,9 @@ from sslsv.methods.signals import method_metrics, softmax_entropy
 class SimCLRConfig:
     temperature: float = 0.03  # review, section 4.3
     projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(enabled=False))
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "method.temperature", "positive", self.temperature)
 
 
 class NTXentLoss(nn.Module):

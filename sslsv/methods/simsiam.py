@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslsv.config import require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector, predictor
 from sslsv.registry import METHODS
@@ -27,6 +28,10 @@ from sslsv.methods.signals import method_metrics
 class SimSiamConfig:
     projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(last_batch_norm=True))
     predictor_hidden_dim: int = 512  # review section 4.3
+
+    def __post_init__(self) -> None:
+        require(self.predictor_hidden_dim >= 1, "method.predictor_hidden_dim", "at least 1",
+                self.predictor_hidden_dim)
 
 
 class SimSiamLoss(nn.Module):

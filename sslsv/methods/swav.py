@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.collapse import CLUSTER_ENTROPY, DEFAULT_RULES
 from sslsv.methods.heads import ProjectorConfig, build_projector
@@ -51,6 +51,8 @@ class SwAVConfig:
             raise ConfigError("method.temperature: temperature and epsilon must be positive")
         if self.num_prototypes < 2 or self.sinkhorn_iterations < 1 or self.queue_size < 0:
             raise ConfigError("method.num_prototypes: need >= 2 prototypes, >= 1 Sinkhorn iteration, queue_size >= 0")
+        for name in ("queue_start_epoch", "freeze_prototypes_epochs"):
+            require(getattr(self, name) >= 0, f"method.{name}", ">= 0", getattr(self, name))
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslsv.config import require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.registry import METHODS
@@ -38,6 +39,13 @@ class VICRegConfig:
     variance_weight: float = 1.0  # mu
     covariance_weight: float = 0.1  # nu
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+    def __post_init__(self) -> None:
+        weights = ("invariance_weight", "variance_weight", "covariance_weight")
+        for name in weights:
+            require(getattr(self, name) >= 0, f"method.{name}", ">= 0", getattr(self, name))
+        require(any(getattr(self, name) > 0 for name in weights), "method.invariance_weight",
+                "> 0 for at least one of the three weights (all 0 trains nothing)", self.invariance_weight)
 
 
 def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
