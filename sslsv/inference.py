@@ -8,6 +8,13 @@
 Files and waveforms given as arrays or tensors go together, in one call, through the evaluation's length-sorted
 batching (sslsv.evaluation.embeddings.extract_embeddings) with max_trim = 0: only items of exactly equal length
 share a batch, so no padding or trimming ever changes an embedding, and files give the numbers of `evaluate.py`.
+
+Inputs are checked before anything is embedded, and a bad one raises AudioError naming it: files go through the
+one reader (sslsv.audio.io: missing, directory, unreadable, empty, shorter than MIN_AUDIO_SECONDS, truncated,
+NaN/Inf samples; stereo files are averaged to mono). Waveforms must be mono: a 1-D (S,) array, or a 2-D (B, S)
+batch of them. A multi-channel array is refused rather than guessed at, since (2, S) stereo and a batch of two
+utterances look alike: average the channels first. Too short (under MIN_AUDIO_SECONDS at the model's rate) and
+NaN/Inf waveforms are refused too.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslsv.audio.io import MIN_AUDIO_SECONDS, AudioError, check_audio_files
 from sslsv.evaluation.embeddings import extract_embeddings
 from sslsv.distributed import resolve_device
 from sslsv.runs import load_model
@@ -55,7 +63,7 @@ class SpeakerEmbedder:
 
         Args:
             items: a path, a 1-D array / tensor (S,), a 2-D array / tensor (B, S), or a list mixing paths and
-                1-D waveforms. Waveforms are float samples at `sample_rate`.
+                1-D waveforms. Waveforms are mono float samples at `sample_rate`, at least MIN_AUDIO_SECONDS long.
             normalize: L2-normalise the rows (what cosine scoring uses).
             progress: progress bar for files.
 
@@ -63,21 +71,14 @@ class SpeakerEmbedder:
             (N, D) float32 numpy array, row i for item i (a 2-D batch counts as B items).
 
         Raises:
-            ValueError: unsupported item type or shape, empty waveform.
-            RuntimeError: unreadable file (named).
+            AudioError: an unusable file (named; every bad file is listed before anything is embedded), or a
+                waveform that is not mono, too short, or holds NaN/Inf (named by its position).
+            ValueError: an item that is neither a path, an array nor a tensor.
         """
-        if isinstance(items, (str, Path)):
-            items = [items]
-        elif isinstance(items, (np.ndarray, torch.Tensor)):
-            if items.ndim == 1:
-                items = [items]
-            elif items.ndim == 2:
-                items = list(items)
-            else:
-                raise ValueError(f"waveform batches must be (S,) or (B, S), got shape {tuple(items.shape)}")
-        items = list(items)
+        items = [self._checked(item, i) for i, item in enumerate(self._as_list(items))]
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
+        check_audio_files([item for item in items if isinstance(item, (str, Path))])
         # One extraction for every item: equal lengths share a batch, nothing is padded or trimmed (max_trim 0).
         out = extract_embeddings(self.model, items, self.sample_rate, self.device, batch_seconds=self.batch_seconds,
                                  max_trim=0.0, progress=progress, num_workers=0)
@@ -85,8 +86,48 @@ class SpeakerEmbedder:
             out = F.normalize(out, dim=1)
         return out.numpy().astype(np.float32, copy=False)
 
+    def _min_samples(self) -> int:
+        return int(np.ceil(MIN_AUDIO_SECONDS * self.sample_rate))
+
+    def _as_list(self, items: Item | Sequence[Item]) -> list:
+        """The items one by one: a path or a 1-D waveform alone, the rows of a 2-D (B, S) batch."""
+        if isinstance(items, (str, Path)):
+            return [items]
+        if not isinstance(items, (np.ndarray, torch.Tensor)):
+            return list(items)
+        shape = tuple(items.shape)
+        if items.ndim == 1:
+            return [items]
+        if items.ndim == 2 and shape[1] >= self._min_samples():
+            return list(items)
+        if items.ndim == 2:
+            raise AudioError(f"a 2-D array is a batch (B, S) of mono waveforms, and rows of {shape[1]} samples are "
+                             f"too short (at least {self._min_samples()} at {self.sample_rate} Hz); for one "
+                             f"multi-channel recording of shape {shape}, average the channels first: "
+                             f"x.mean(axis=1)")
+        raise AudioError(f"waveforms must be (S,) or (B, S) mono, got shape {shape}")
+
+    def _checked(self, item: Item, index: int) -> str | Path | np.ndarray:
+        """A path as it is, or a waveform as a finite 1-D float32 array of at least MIN_AUDIO_SECONDS."""
+        if isinstance(item, (str, Path)):
+            return item
+        if not isinstance(item, (np.ndarray, torch.Tensor)):
+            raise ValueError(f"item {index}: expected a path, numpy array or tensor, got {type(item).__name__}")
+        wave = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        if wave.ndim != 1:
+            raise AudioError(f"item {index}: a waveform must be 1-D mono (S,), got shape {tuple(wave.shape)}; "
+                             f"average the channels first (x.mean over the channel axis)")
+        if len(wave) < self._min_samples():
+            raise AudioError(f"item {index}: a waveform of {len(wave)} samples is too short (at least "
+                             f"{self._min_samples()}, {MIN_AUDIO_SECONDS:g} s at {self.sample_rate} Hz)")
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
+        if not np.isfinite(wave).all():
+            bad = int(np.count_nonzero(~np.isfinite(wave)))
+            raise AudioError(f"item {index}: {bad} of {len(wave)} samples of the waveform are NaN or Inf")
+        return wave
+
     def score(self, a: Item, b: Item) -> float:
-        """Cosine similarity between two items (paths or 1-D waveforms)."""
+        """Cosine similarity between two items (paths or 1-D waveforms); AudioError as in `embed`."""
         e = self.embed([a, b], normalize=True)
         return float(e[0] @ e[1])
 

@@ -7,7 +7,9 @@ import soundfile as sf
 import torch
 
 import sslsv
+from sslsv.audio.io import AudioError
 from sslsv.runs import RunError, load_model
+from tests.bad_audio_cases import make_bad_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/simclr/fast_resnet34.yml"
@@ -54,9 +56,9 @@ def test_errors(run, tmp_path):
     embedder = sslsv.load(run_dir)
     with pytest.raises(ValueError, match="item 1: expected a path"):
         embedder.embed(["x.wav", 3])
-    with pytest.raises(ValueError, match=r"\(S,\) or \(B, S\)"):
+    with pytest.raises(AudioError, match=r"\(S,\) or \(B, S\)"):
         embedder.embed(np.zeros((1, 2, 3)))
-    with pytest.raises(RuntimeError, match="nothing.wav"):
+    with pytest.raises(AudioError, match="nothing.wav: no such file"):
         embedder.embed([tmp_path / "nothing.wav"])
     with pytest.raises(RunError, match="not a run directory"):
         sslsv.load(tmp_path)
@@ -79,3 +81,60 @@ def test_one_extraction_for_all_items(run, monkeypatch):
     wave = sf.read(files[3], dtype="float32")[0]
     out = embedder.embed([*files[:3], wave])
     assert calls == [4] and out.shape == (4, embedder.embed_dim)
+
+
+def test_bad_waveforms_are_refused_with_their_position(run):
+    run_dir, _ = run
+    embedder = sslsv.load(run_dir)
+    good = (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
+    with pytest.raises(AudioError, match=r"item 1: a waveform of 1 samples is too short \(at least 1600, 0.1 s"):
+        embedder.embed([good, np.ones(1, np.float32)])
+    with pytest.raises(AudioError, match="item 0: a waveform of 0 samples"):
+        embedder.embed(np.zeros(0, np.float32))
+    nan = good.copy()
+    nan[::100] = np.nan
+    with pytest.raises(AudioError, match="item 2: 80 of 8000 samples of the waveform are NaN or Inf"):
+        embedder.embed([good, good, torch.from_numpy(nan)])
+    with pytest.raises(AudioError, match=r"batch \(B, S\) of mono waveforms.*shape \(8000, 2\).*x.mean\(axis=1\)"):
+        embedder.embed(np.stack([good, good], axis=1))  # a stereo (S, 2) recording
+    with pytest.raises(AudioError, match=r"item 1: a waveform must be 1-D mono \(S,\), got shape \(8000, 2\)"):
+        embedder.embed([good, np.stack([good, good], axis=1)])
+    with pytest.raises(AudioError, match="item 1"):
+        embedder.score(good, np.full(4000, np.inf, np.float32))
+    assert embedder.embed(np.stack([good, good])).shape == (2, embedder.embed_dim)  # (B, S) stays a batch
+
+
+def test_files_through_the_reader_every_bad_one_named(run, tmp_path):
+    run_dir, _ = run
+    embedder = sslsv.load(run_dir)
+    cases = make_bad_inputs(tmp_path / "cases")
+    loading = [path for path, ok in cases.values() if ok]
+    out = embedder.embed(loading)
+    assert out.shape == (len(loading), embedder.embed_dim) and np.isfinite(out).all()
+    refused = [path for path, ok in cases.values() if not ok]
+    with pytest.raises(AudioError) as info:
+        embedder.embed(loading[:2] + refused)
+    message = str(info.value)
+    header_checked = [p for p in refused if "nan" not in p.name and "inf" not in p.name]
+    assert message.startswith(f"{len(header_checked)} of {len(refused) + 2} audio files are unusable:")
+    assert all(str(p) in message for p in header_checked)
+    for name in ("nan_samples", "inf_samples"):  # found when decoded, named all the same
+        with pytest.raises(AudioError, match=f"{name}.wav: 320 of 16000 decoded samples are NaN or Inf"):
+            embedder.embed([loading[0], cases[name][0]])
+    with pytest.raises(AudioError, match="one_sample.wav: too short"):
+        embedder.score(loading[0], cases["one_sample"][0])
+
+
+def test_embed_and_score_commands_name_bad_files_without_traceback(run, tmp_path, capsys):
+    from sslsv.cli.run_tools import embed_main, score_main
+
+    run_dir, _ = run
+    cases = make_bad_inputs(tmp_path / "cases")
+    good, folder, nan = (str(cases[name][0]) for name in ("pcm16", "directory", "nan_samples"))
+    assert score_main([str(run_dir), good, folder, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {folder}: is a directory, not an audio file\n"
+    assert embed_main([str(run_dir), good, nan, "-o", str(tmp_path / "e.npy"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {nan}: 320 of 16000 decoded samples are NaN or Inf" in err and "Traceback" not in err
+    assert not (tmp_path / "e.npy").exists()

@@ -108,7 +108,7 @@ class AugmentationSources:
         zero-padded.
         """
         path = self.rirs[int(rng.integers(len(self.rirs)))]
-        rir = read_audio(path, self.sample_rate)
+        rir = read_audio(path, self.sample_rate, min_seconds=0.0)  # impulse responses may be a few ms long
         rir = rir[int(np.argmax(np.abs(rir))) :][: self.rir_samples].astype(np.float64)
         energy = float(np.sum(rir**2))
         if not np.isfinite(energy) or energy <= 0:

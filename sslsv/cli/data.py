@@ -1,4 +1,5 @@
-"""`sslsv prepare` and `sslsv check-manifest`: build the data root from downloaded corpora, check a manifest."""
+"""`sslsv prepare` and `sslsv check-manifest`: build the data root from downloaded corpora, check a manifest
+(headers, or every file decoded with --deep)."""
 from __future__ import annotations
 
 import argparse
@@ -72,23 +73,41 @@ def prepare_main(argv: list[str] | None = None) -> int:
 
 
 def check_manifest_main(argv: list[str] | None = None) -> int:
-    """sslsv check-manifest MANIFEST: check every file (missing, empty, unreadable, wrong rate, too short)."""
+    """sslsv check-manifest MANIFEST [--deep]: check every file (headers, or decoded with --deep)."""
     parser = argparse.ArgumentParser(
         prog="sslsv check-manifest",
-        description="Check every file of a manifest: missing, empty, unreadable, wrong rate, too short.")
+        description="Check every file of a manifest: duplicate rows, missing, directories, empty, unreadable, "
+                    "too short, WAV data shorter than its header, wrong rate (headers only, fast). With --deep, "
+                    "decode every file too: NaN/Inf samples, truncated data in any format, silence (a warning). "
+                    "Exit status 2 when a file is unusable.")
     parser.add_argument("manifest", help="manifest CSV (File,Speaker,...)")
     parser.add_argument("--data-root", default="data", help="folder the manifest's File column is relative to")
     parser.add_argument("--sample-rate", type=int, default=16000, help="expected sample rate (default 16000)")
-    parser.add_argument("--min-seconds", type=float, default=0.0, help="report files shorter than this")
+    parser.add_argument("--min-seconds", type=float, default=0.0,
+                        help="report files shorter than this (never less than 0.1 s, the readers' floor)")
     parser.add_argument("--strict-rate", action="store_true", help="report files whose rate differs")
+    parser.add_argument("--deep", action="store_true",
+                        help="decode every file (NaN/Inf, data shorter than its header, silence); a progress bar "
+                             "and a summary per kind of problem")
+    parser.add_argument("--workers", type=int, default=4, help="threads reading files (default 4)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
 
     def run() -> None:
-        from sslsv.data.manifest import check_manifest, read_manifest
+        from sslsv.data.manifest import ManifestError, check_manifest, deep_check_manifest, read_manifest
 
         manifest = read_manifest(args.manifest)
-        durations = check_manifest(manifest, args.data_root, args.sample_rate, args.min_seconds,
-                                   allow_resample=not args.strict_rate)
-        print(f"{args.manifest}: {len(manifest)} files OK, {sum(durations) / 3600:.2f} h")
+        if not args.deep:
+            durations = check_manifest(manifest, args.data_root, args.sample_rate, args.min_seconds, args.workers,
+                                       allow_resample=not args.strict_rate)
+            print(f"{args.manifest}: {len(manifest)} files OK, {sum(durations) / 3600:.2f} h")
+            return
+        report = deep_check_manifest(manifest, args.data_root, args.sample_rate, args.min_seconds, args.workers,
+                                     allow_resample=not args.strict_rate)
+        print(report.summary())
+        if report.errors:
+            rows = len({problem.line for problem in report.errors})
+            raise ManifestError(f"{args.manifest}: {rows} of {report.files} rows are unusable (listed above)")
 
     return run_command(run)

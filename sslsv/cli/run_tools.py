@@ -10,14 +10,6 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto)"
 LAST_HELP = "use the last epoch's weights instead of the average"
 
 
-def _existing(paths: list[str]) -> list[str]:
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"audio file(s) not found: {', '.join(missing[:10])}"
-                                + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-    return paths
-
-
 def embed_main(argv: list[str] | None = None) -> int:
     """sslsv embed RUN a.wav b.wav -o emb.npy: embed audio files with a trained run."""
     parser = argparse.ArgumentParser(prog="sslsv embed", description="Embed audio files with a trained run.")
@@ -42,9 +34,11 @@ def embed_main(argv: list[str] | None = None) -> int:
         import numpy as np
 
         import sslsv
+        from sslsv.audio.io import check_audio_files
 
+        check_audio_files(files)  # every unusable file named before the model is loaded
         embedder = sslsv.load(args.run, args.device, use_average=not args.last)
-        embeddings = embedder.embed(_existing(files), normalize=not args.no_normalize, progress=True)
+        embeddings = embedder.embed(files, normalize=not args.no_normalize, progress=True)
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         np.save(output, embeddings)
@@ -68,8 +62,9 @@ def score_main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         import sslsv
+        from sslsv.audio.io import check_audio_files
 
-        _existing([args.enroll, args.test])
+        check_audio_files([args.enroll, args.test])
         embedder = sslsv.load(args.run, args.device, use_average=not args.last)
         print(f"{embedder.score(args.enroll, args.test):.6f}")
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sslsv.audio.augment import AugmentationSources
-from sslsv.audio.io import read_crop
+from sslsv.audio.io import AudioError, read_crop
 from sslsv.config import ViewGroup
 from sslsv.data.manifest import Manifest
 
@@ -71,6 +71,17 @@ class TrainDataset(Dataset):
             other = rows[rows != row] if len(rows) > 1 else rows
         return int(rng.choice(other))
 
+    def _crop(self, row: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """A crop of manifest row `row`; a file that cannot be used (it may have changed since the check at the
+        start: NaN samples, truncated, deleted) stops training with the file and its manifest line."""
+        path = self.data_root / self.manifest.files[row]
+        try:
+            return read_crop(path, num_samples, self.sample_rate, rng)
+        except AudioError as error:
+            where = f"{self.manifest.path}, line {self.manifest.line_of(row)}"
+            raise AudioError(f"{error} ({where}; `sslsv check-manifest --deep` lists every such file)",
+                             path=error.path, kind=error.kind, reason=error.reason) from None
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         row, seed = key
         rng = np.random.default_rng([seed, row])
@@ -79,8 +90,7 @@ class TrainDataset(Dataset):
             source = row
             if self.positive_sampling == "supervised" and v > 0:
                 source = self._positive_row(row, rng)
-            path = self.data_root / self.manifest.files[source]
-            waves.append(read_crop(path, spec.num_samples, self.sample_rate, rng))
+            waves.append(self._crop(source, spec.num_samples, rng))
             if self.augmentation is not None:
                 plans.append(self.augmentation.draw(rng, spec.num_samples))
         return {"views": waves, "plans": plans, "label": int(self.labels[row]), "index": row}

@@ -6,6 +6,8 @@ required so that every manifest can serve both.
 
 `check_manifest` verifies every file up front (headers only, in parallel) and reports all problems at once, so a
 broken corpus fails in seconds with the complete list instead of crashing a worker hours into training.
+`deep_check_manifest` (`sslsv check-manifest --deep`) decodes every file for what headers cannot show: NaN/Inf
+samples, data shorter than its header, silence.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
-import soundfile as sf
+
+from sslsv.audio.io import MIN_AUDIO_SECONDS, AudioError, audio_info, read_audio
 
 REQUIRED_COLUMNS = ("File", "Speaker")
 OPTIONAL_COLUMNS = ("Session", "Duration")
@@ -182,28 +185,68 @@ def write_manifest(manifest: Manifest, path: str | Path) -> None:
 def _check_file(path: str, sample_rate: int, min_seconds: float, allow_resample: bool) -> tuple[float, str | None]:
     """(duration in seconds, problem or None) for one file, from its header only."""
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return 0.0, "missing"
-    except OSError as error:
-        return 0.0, f"cannot access ({error.strerror or error})"
-    if os.path.isdir(path):
-        return 0.0, "is a folder, not an audio file"
-    if size == 0:
-        return 0.0, "empty (0 bytes)"
-    try:
-        info = sf.info(path)
-    except Exception as error:  # LibsndfileError, RuntimeError, TypeError depending on the file
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        return 0.0, f"not a readable audio file ({reason})"
-    if info.frames <= 0 or info.samplerate <= 0:
-        return 0.0, "empty (0 frames)"
-    duration = info.frames / info.samplerate
-    if not allow_resample and info.samplerate != sample_rate:
-        return duration, f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz"
-    if min_seconds and duration < min_seconds:
-        return duration, f"too short ({duration:.2f} s < {min_seconds:.2f} s)"
+        file_rate, frames, _ = audio_info(path, min_seconds=0.0)
+    except AudioError as error:
+        return 0.0, error.reason
+    duration = frames / file_rate
+    if not allow_resample and file_rate != sample_rate:
+        return duration, f"sample rate {file_rate} Hz, expected {sample_rate} Hz"
+    shortest = max(min_seconds, MIN_AUDIO_SECONDS)
+    if duration < shortest:
+        return duration, f"too short ({duration:.2f} s < {shortest:.2f} s)"
     return duration, None
+
+
+def duplicate_rows(manifest: Manifest) -> list[tuple[int, str, list[int]]]:
+    """Rows naming a file that an earlier row names already (the same path once normalised).
+
+    Returns:
+        (row index, file, CSV lines of the earlier rows) for every repeated row, in manifest order.
+    """
+    first_rows: dict[str, list[int]] = {}
+    repeats = []
+    for row, file in enumerate(manifest.files):
+        earlier = first_rows.setdefault(os.path.normpath(file), [])
+        if earlier:
+            repeats.append((row, file, [manifest.line_of(r) for r in earlier]))
+        earlier.append(row)
+    return repeats
+
+
+def _listing(manifest: Manifest, problems: list[tuple[int, str]]) -> list[str]:
+    """'  line N: file: reason' lines for (row, reason) problems, the first MAX_LISTED_PROBLEMS and a count."""
+    lines = [f"  line {manifest.line_of(i)}: {manifest.files[i]}: {reason}" for i, reason in problems[:MAX_LISTED_PROBLEMS]]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    return lines
+
+
+def _duplicate_reason(earlier_lines: list[int]) -> str:
+    return f"duplicate row (the same file is on line {', '.join(map(str, earlier_lines))})"
+
+
+def _map_chunks(function, items: list, workers: int, chunk: int = 256, progress=None) -> list:
+    """[function(item) for item in items], run in chunks on a thread pool (file system and decoder calls
+    release the GIL), in order; `progress(n)` is called after each finished chunk of n items."""
+    def run(start: int) -> list:
+        return [function(item) for item in items[start : start + chunk]]
+
+    results: list = []
+    starts = range(0, len(items), chunk)
+    if workers > 1 and len(items) > chunk:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = pool.map(run, starts)
+            for part in parts:
+                results.extend(part)
+                if progress is not None:
+                    progress(len(part))
+    else:
+        for start in starts:
+            part = run(start)
+            results.extend(part)
+            if progress is not None:
+                progress(len(part))
+    return results
 
 
 def check_manifest(
@@ -217,13 +260,16 @@ def check_manifest(
 ) -> list[float]:
     """Check every file of a manifest and report all unusable ones in one error.
 
-    Only headers are read (soundfile.info), in a thread pool, so a million files take minutes at most.
+    Only headers are read (soundfile.info, and the RIFF chunk sizes of WAV files), in a thread pool, so a million
+    files take minutes at most. Found: duplicate rows, missing files, directories, unreadable, empty, too short
+    (below `min_seconds` or MIN_AUDIO_SECONDS), WAV data shorter than its header, wrong rate (optional).
+    NaN samples and truncated FLAC data need decoding: `deep_check_manifest`.
 
     Args:
         manifest: the manifest to check.
         data_root: folder the File paths are relative to.
         sample_rate: the training rate in Hz.
-        min_seconds: shortest usable duration (None or 0: no minimum), e.g. the longest view.
+        min_seconds: shortest usable duration (None or 0: MIN_AUDIO_SECONDS), e.g. the longest view.
         workers: threads reading headers.
         allow_resample: when False, files whose rate differs from `sample_rate` are reported (by default they
             are fine: the loader resamples them).
@@ -236,29 +282,136 @@ def check_manifest(
     """
     root = Path(data_root)
     paths = [str(root / f) for f in manifest.files]
-    chunk = 256
-
-    def run(start: int) -> list[tuple[float, str | None]]:
-        return [_check_file(p, sample_rate, min_seconds or 0.0, allow_resample) for p in paths[start : start + chunk]]
-
-    results: list[tuple[float, str | None]] = []
-    if workers > 1 and len(paths) > chunk:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(run, range(0, len(paths), chunk)):
-                results.extend(part)
-    else:
-        for start in range(0, len(paths), chunk):
-            results.extend(run(start))
-
+    results = _map_chunks(lambda p: _check_file(p, sample_rate, min_seconds or 0.0, allow_resample), paths, workers)
     problems = [(i, reason) for i, (_, reason) in enumerate(results) if reason is not None]
+    problems += [(row, _duplicate_reason(lines)) for row, _, lines in duplicate_rows(manifest)]
     if problems:
-        listed = problems[:MAX_LISTED_PROBLEMS]
-        lines = [f"  line {manifest.line_of(i)}: {manifest.files[i]}: {reason}" for i, reason in listed]
-        if len(problems) > MAX_LISTED_PROBLEMS:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
-        raise ManifestError(f"{manifest.path}: {len(problems)} of {len(paths)} files are unusable "
-                            f"(paths relative to {root}):\n" + "\n".join(lines))
+        problems.sort()
+        unusable = len({i for i, _ in problems})
+        raise ManifestError(f"{manifest.path}: {unusable} of {len(paths)} rows are unusable "
+                            f"(paths relative to {root}):\n" + "\n".join(_listing(manifest, problems)))
     return [duration for duration, _ in results]
+
+
+# ------------------------------------------------------------------------------------------------ deep check
+
+SILENCE_PEAK = 1e-4  # a file whose largest |sample| is below this (-80 dBFS) is reported as silent
+
+
+@dataclass
+class FileProblem:
+    """One problem of one manifest row. `kind` groups problems in summaries (AudioError.kind, "duplicate",
+    "sample rate", "silent")."""
+
+    line: int
+    file: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class DeepCheckReport:
+    """What `deep_check_manifest` found: errors make a file unusable, warnings (silence) do not."""
+
+    manifest: str
+    data_root: str
+    files: int
+    seconds: float
+    errors: list[FileProblem]
+    warnings: list[FileProblem]
+
+    def summary(self, listed: int = 5) -> str:
+        """Totals, then per kind of problem its count and the first `listed` files."""
+        lines = [f"{self.manifest}: {self.files} files, {self.seconds / 3600:.2f} h decoded "
+                 f"(paths relative to {self.data_root})"]
+        for title, problems in (("errors", self.errors), ("warnings", self.warnings)):
+            if not problems:
+                lines.append(f"{title}: none")
+                continue
+            lines.append(f"{title}: {len(problems)} in {len({p.line for p in problems})} rows")
+            kinds: dict[str, list[FileProblem]] = {}
+            for problem in problems:
+                kinds.setdefault(problem.kind, []).append(problem)
+            for kind, group in kinds.items():
+                lines.append(f"  {kind}: {len(group)}")
+                lines += [f"    line {p.line}: {p.file}: {p.reason}" for p in group[:listed]]
+                if len(group) > listed:
+                    lines.append(f"    ... and {len(group) - listed} more")
+        return "\n".join(lines)
+
+
+def _deep_check_file(path: str, sample_rate: int, min_seconds: float, allow_resample: bool,
+                     silence_peak: float) -> tuple[float, list[tuple[str, str, str]]]:
+    """(seconds, [(severity "error"/"warning", kind, reason)]) for one file, decoded completely."""
+    try:
+        file_rate, frames, _ = audio_info(path, min_seconds=0.0)
+    except AudioError as error:
+        return 0.0, [("error", error.kind, error.reason)]
+    seconds = frames / file_rate
+    found = []
+    if not allow_resample and file_rate != sample_rate:
+        found.append(("error", "sample rate", f"sample rate {file_rate} Hz, expected {sample_rate} Hz"))
+    shortest = max(min_seconds, MIN_AUDIO_SECONDS)
+    if seconds < shortest:
+        found.append(("error", "too short", f"too short ({seconds:.2f} s < {shortest:.2f} s)"))
+    try:
+        audio = read_audio(path, file_rate, min_seconds=0.0)  # the file's own rate: nothing is resampled
+    except AudioError as error:
+        return seconds, found + [("error", error.kind, error.reason)]
+    peak = float(np.abs(audio).max())
+    if peak < silence_peak:
+        found.append(("warning", "silent", f"silent (peak |sample| {peak:.1e} < {silence_peak:.0e})"))
+    return seconds, found
+
+
+def deep_check_manifest(
+    manifest: Manifest,
+    data_root: str | Path,
+    sample_rate: int,
+    min_seconds: float | None = None,
+    workers: int = 4,
+    progress: bool = True,
+    *,
+    allow_resample: bool = True,
+    silence_peak: float = SILENCE_PEAK,
+) -> DeepCheckReport:
+    """Decode every file of a manifest and report what a header check cannot see.
+
+    Errors: everything `check_manifest` finds, plus NaN/Inf samples and data shorter than its header in any
+    format (a FLAC cut short). Warning: silence (every |sample| below `silence_peak`), which loads and trains
+    but carries no speaker.
+
+    Args:
+        manifest: the manifest to check.
+        data_root: folder the File paths are relative to.
+        sample_rate: the training rate in Hz (only used with allow_resample=False).
+        min_seconds: shortest usable duration (None or 0: MIN_AUDIO_SECONDS).
+        workers: threads decoding files.
+        progress: a tqdm progress bar on stderr.
+        allow_resample: when False, files at another rate than `sample_rate` are errors.
+        silence_peak: the peak below which a file is reported as silent.
+
+    Returns:
+        The report (see DeepCheckReport.summary); nothing is raised for bad files.
+    """
+    from tqdm import tqdm
+
+    root = Path(data_root)
+    paths = [str(root / f) for f in manifest.files]
+    with tqdm(total=len(paths), desc="decoding", unit="file", disable=not progress) as bar:
+        results = _map_chunks(
+            lambda p: _deep_check_file(p, sample_rate, min_seconds or 0.0, allow_resample, silence_peak),
+            paths, workers, chunk=32, progress=bar.update)
+    errors, warnings = [], []
+    for row, (_, found) in enumerate(results):
+        for severity, kind, reason in found:
+            problem = FileProblem(manifest.line_of(row), manifest.files[row], kind, reason)
+            (errors if severity == "error" else warnings).append(problem)
+    errors += [FileProblem(manifest.line_of(row), file, "duplicate", _duplicate_reason(lines))
+               for row, file, lines in duplicate_rows(manifest)]
+    errors.sort(key=lambda p: p.line)
+    return DeepCheckReport(manifest.path, str(root), len(paths), sum(seconds for seconds, _ in results),
+                           errors, warnings)
 
 
 # ------------------------------------------------------------------------------------------------ import

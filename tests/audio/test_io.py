@@ -82,13 +82,13 @@ def test_stereo_is_averaged(tmp_path):
 
 
 def test_short_file_wraps_around(tmp_path):
-    data = np.arange(1, 1001, dtype=np.float32) / 2000
+    data = np.arange(1, 2001, dtype=np.float32) / 4000
     path = _write(tmp_path / "short.wav", data)
-    crop = read_crop(path, 2500, SR, np.random.default_rng(0))
-    assert crop.shape == (2500,)
+    crop = read_crop(path, 5000, SR, np.random.default_rng(0))
+    assert crop.shape == (5000,)
     assert np.all(crop != 0)  # never zero-padded
     offset = int(np.searchsorted(data, crop[0]))
-    np.testing.assert_array_equal(crop, data[(offset + np.arange(2500)) % 1000])
+    np.testing.assert_array_equal(crop, data[(offset + np.arange(5000)) % 2000])
     # Resampled short file also wraps to the exact length.
     path8 = _write(tmp_path / "short8k.wav", _sine(300, 0.1, 8000), sr=8000)
     assert read_crop(path8, SR, SR, np.random.default_rng(0)).shape == (SR,)

@@ -76,3 +76,28 @@ def test_sampler_shards_global_batches_and_resumes():
     assert list(other_epoch) != batches
     with pytest.raises(ValueError, match="not divisible"):
         EpochBatchSampler(40, 9, seed=0, world_size=2)
+
+
+def test_a_file_that_turns_bad_stops_training_with_its_name_and_line(constant_corpus):
+    from torch.utils.data import DataLoader
+
+    from sslsv.audio.io import AudioError
+
+    manifest = read_manifest(constant_corpus / "train.csv")
+    dataset = TrainDataset(manifest, constant_corpus, [ViewGroup(2, 0.5)], 16000)
+    bad = constant_corpus / manifest.files[3]
+    poisoned = np.full(16000, 0.05, dtype=np.float32)
+    poisoned[::50] = np.nan  # every crop holds NaN
+    sf.write(bad, poisoned, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError) as info:
+        dataset[(3, 0)]
+    message = str(info.value)
+    assert message.startswith(f"{bad}: 160 of 8000 decoded samples are NaN or Inf ({constant_corpus / 'train.csv'}, "
+                              f"line 5;")
+    assert info.value.kind == "non-finite" and info.value.path == str(bad)
+    # read in a DataLoader worker process: the re-raised error is still the one line, no worker traceback
+    loader = DataLoader(dataset, batch_size=None, sampler=[(3, 0)], num_workers=1)
+    with pytest.raises(AudioError) as info:
+        next(iter(loader))
+    assert str(info.value) == message
+    assert dataset[(2, 0)]["views"][0].shape == (8000,)  # the other files still load

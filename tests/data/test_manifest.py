@@ -70,9 +70,9 @@ def test_unusable_files_are_all_reported_in_one_error(corpus):
     with pytest.raises(ManifestError) as info:
         check_manifest(manifest, corpus, SR, min_seconds=1.0)
     message = str(info.value)
-    assert message.startswith(f"{csv}: 4 of 5 files are unusable")
-    assert "line 3: wav/missing.wav: missing" in message
-    assert "line 4: wav/empty.wav: empty" in message
+    assert message.startswith(f"{csv}: 4 of 5 rows are unusable")
+    assert "line 3: wav/missing.wav: no such file" in message
+    assert "line 4: wav/empty.wav: empty file (0 bytes)" in message
     assert "line 5: wav/notes.wav: not a readable audio file" in message
     assert "line 6: wav/short.wav: too short (0.50 s < 1.00 s)" in message
     assert "a.wav" not in message
@@ -95,8 +95,8 @@ def test_listing_is_truncated_and_parallel_check_keeps_order(tmp_path):
     with pytest.raises(ManifestError) as info:
         check_manifest(manifest, tmp_path, SR, None, workers=4)
     message = str(info.value)
-    assert "700 of 700 files are unusable" in message
-    assert "line 2: missing/0.wav: missing" in message and "line 51: missing/49.wav" in message
+    assert "700 of 700 rows are unusable" in message
+    assert "line 2: missing/0.wav: no such file" in message and "line 51: missing/49.wav" in message
     assert "missing/50.wav" not in message and "... and 650 more" in message
 
 
@@ -177,3 +177,31 @@ def test_subset_picks_every_column_alike(tmp_path):
         manifest.subset([3])
     with pytest.raises(IndexError, match="mask"):
         manifest.subset(np.array([True]))
+
+
+def test_header_check_finds_duplicates_directories_truncated_wavs_and_the_length_floor(corpus):
+    (corpus / "wav" / "folder.wav").mkdir()
+    whole = (corpus / "wav" / "id1" / "s1" / "a.wav").read_bytes()
+    (corpus / "wav" / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    _wav(corpus / "wav" / "blip.wav", 0.05)
+    csv = corpus / "train.csv"
+    csv.write_text(
+        "File,Speaker\n"
+        "wav/id1/s1/a.wav,id1\n"
+        "wav/folder.wav,id1\n"
+        "wav/cut.wav,id1\n"
+        "wav/./id1/s1/a.wav,id2\n"
+        "wav/blip.wav,id2\n"
+        "wav/id1/s1/a.wav,id2\n"
+    )
+    manifest = read_manifest(csv)
+    with pytest.raises(ManifestError) as info:
+        check_manifest(manifest, corpus, SR, min_seconds=None)  # no minimum asked: the reader's floor applies
+    message = str(info.value)
+    assert message.startswith(f"{csv}: 5 of 6 rows are unusable")
+    assert "line 3: wav/folder.wav: is a directory, not an audio file" in message
+    assert "line 4: wav/cut.wav: data shorter than its header (the header says 32000 frames, the file holds" in message
+    assert "line 5: wav/./id1/s1/a.wav: duplicate row (the same file is on line 2)" in message
+    assert "line 6: wav/blip.wav: too short (0.05 s < 0.10 s)" in message
+    assert "line 7: wav/id1/s1/a.wav: duplicate row (the same file is on line 2, 5)" in message
+    assert "line 2:" not in message
