@@ -36,7 +36,7 @@ def make_tiny_corpus(root: str | Path, speakers: int = 4, sessions: int = 2, utt
     trials = []
     for i, (si, a) in enumerate(files):
         for sj, b in files[i + 1 :: 3]:
-            trials.append(f"{int(si == sj)} {a} {b}")
+            trials.append(f"{int(si == sj)} tiny/wav/{a} tiny/wav/{b}")
     (base / "trials.txt").write_text("\n".join(trials) + "\n")
     for category in ("noise", "music", "speech"):
         folder = base / "musan" / category

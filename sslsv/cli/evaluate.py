@@ -12,7 +12,12 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
         epilog=f"Example: {prog} models/simclr/fast_resnet34 --trials vox1_O --norm asnorm --crops 10 "
                "--crop-seconds 4 --compare models/dino/ecapa")
     parser.add_argument("run", nargs="?", help="run directory (default: the most recent run under models/)")
-    parser.add_argument("--trials", nargs="+", help="trial-set names (vox1_O vox1_E vox1_H demo) or trial files")
+    parser.add_argument("--trials", nargs="+",
+                        help="trial-set names (vox1_O vox1_E vox1_H demo) or trial files (relative to the data root)")
+    parser.add_argument("--audio-root", metavar="DIR",
+                        help="folder the utterance paths of the trial lists are relative to (default: the data root "
+                             "for a trial file, the set's own folder for a registered name); absolute paths in a "
+                             "list are used as they are")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--last", action="store_true", help="use the last epoch's weights instead of the average")
     weights.add_argument("--best", action="store_true",
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None, prog: str = "sslsv evaluate") -> int:
         run_dir = args.run or latest_run()
         print(f"evaluating {run_dir}")
         evaluate_run(run_dir, args.trials, use_average=False if args.last else None, device=args.device,
-                     random_baseline=args.random_baseline, backends=backends, compare=args.compare, best=args.best)
+                     random_baseline=args.random_baseline, backends=backends, compare=args.compare, best=args.best,
+                     audio_root=args.audio_root)
 
     return run_command(run)

@@ -20,12 +20,25 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sslsv.evaluation.errors import EvaluationError
+
 __all__ = ["RunAnalysis", "SRRResult", "analyze_run", "nmi", "plot_projection", "plot_score_histograms",
            "speaker_recording_ratio"]
 
 
 def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _finite_embeddings(embeddings, what: str) -> np.ndarray:
+    """(N, D) float64 embeddings, or EvaluationError when some are NaN/Inf (k-means, PCA and t-SNE would fail
+    deep inside scikit-learn)."""
+    x = _numpy(embeddings).astype(np.float64)
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if bad.any():
+        raise EvaluationError(f"{what}: {int(bad.sum())} of {len(x)} embeddings are non-finite (NaN/Inf), e.g. row "
+                              f"{int(np.flatnonzero(bad)[0])}")
+    return x
 
 
 def nmi(assignments: Sequence, labels: Sequence) -> float:
@@ -57,11 +70,12 @@ def speaker_recording_ratio(embeddings, speakers: Sequence, recordings: Sequence
         n_init: k-means restarts.
 
     Raises:
+        EvaluationError: some embeddings are NaN/Inf.
         ValueError: lengths differ, or fewer than two speakers.
     """
     from sklearn.cluster import KMeans
 
-    x = _numpy(embeddings).astype(np.float64)
+    x = _finite_embeddings(embeddings, "speaker_recording_ratio")
     speakers, recordings = np.asarray(speakers), np.asarray(recordings)
     if not len(x) == len(speakers) == len(recordings):
         raise ValueError(f"{len(x)} embeddings, {len(speakers)} speaker labels, {len(recordings)} recording labels")
@@ -99,6 +113,8 @@ def plot_score_histograms(systems: dict[str, tuple], path: str | Path, bins: int
         scores, labels = _numpy(scores).astype(np.float64), _numpy(labels).astype(bool)
         if len(scores) != len(labels):
             raise ValueError(f"{name}: {len(scores)} scores for {len(labels)} labels")
+        if not np.isfinite(scores).all():
+            raise EvaluationError(f"{name}: {int((~np.isfinite(scores)).sum())} of {len(scores)} scores are NaN/Inf")
         ax = fig.add_subplot(1, len(systems), i + 1)
         edges = np.histogram_bin_edges(scores, bins=bins)
         ax.hist(scores[~labels], bins=edges, density=True, alpha=0.6, label=f"non-target ({(~labels).sum()})")
@@ -116,7 +132,7 @@ def plot_projection(embeddings, speakers: Sequence, path: str | Path, method: st
     Returns:
         (M, 2) projected points of the plotted embeddings.
     """
-    x = _numpy(embeddings).astype(np.float64)
+    x = _finite_embeddings(embeddings, "plot_projection")
     speakers = np.asarray(speakers)
     if len(x) != len(speakers):
         raise ValueError(f"{len(x)} embeddings for {len(speakers)} speaker labels")

@@ -32,13 +32,14 @@ def _mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> np.ndarray:
 def mean_log_mel(path: str | Path, n_mels: int = 40, sample_rate: int = 16000) -> np.ndarray:
     """Mean over frames of the log-mel spectrum of one file (n_mels,).
 
-    Frames are 25 ms symmetric Hann windows every 10 ms, without centring or padding (a file shorter than one
-    window is zero-padded to one frame); the file is read mono at `sample_rate`.
+    Frames are 25 ms symmetric Hann windows every 10 ms, without centring or padding; the file is read mono at
+    `sample_rate` (read_audio refuses files shorter than sslsv.audio.io.MIN_AUDIO_SECONDS, several windows long).
+
+    Raises:
+        AudioError: an unusable file (missing, unreadable, too short, NaN samples ...), named.
     """
     x = read_audio(path, sample_rate)
     n_fft, hop = int(WINDOW_SECONDS * sample_rate), int(HOP_SECONDS * sample_rate)
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     return np.log(power @ _mel_filterbank(n_fft, n_mels, sample_rate).T + 1e-8).mean(axis=0)

@@ -24,6 +24,7 @@ import torch
 
 from sslsv.data.manifest import Manifest
 from sslsv.data.trials import Trials
+from sslsv.evaluation.errors import EvaluationError
 
 __all__ = ["Calibration", "make_calibration_trials", "train_calibration"]
 
@@ -38,9 +39,10 @@ def _matrix(scores) -> np.ndarray:
     else:
         x = np.asarray(scores, dtype=np.float64)
         x = x[:, None] if x.ndim == 1 else x
-    if x.ndim != 2 or not np.isfinite(x).all():
-        raise ValueError(f"scores must be a finite (T,) or (T, K) array, got shape {x.shape}"
-                         + ("" if np.isfinite(x).all() else " with NaN/inf"))
+    if x.ndim != 2:
+        raise ValueError(f"scores must be a (T,) or (T, K) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise EvaluationError(f"{int((~np.isfinite(x)).sum())} of {x.size} scores to calibrate are NaN/inf")
     return x
 
 
@@ -82,7 +84,8 @@ def train_calibration(scores, labels, p_target: float = 0.5, max_iter: int = 50,
         Calibration.
 
     Raises:
-        ValueError: shapes differ, NaN scores, a single class, or p_target outside (0, 1).
+        EvaluationError: NaN/inf scores, or a single class.
+        ValueError: shapes differ, or p_target outside (0, 1).
     """
     if not 0.0 < p_target < 1.0:
         raise ValueError(f"p_target must be in (0, 1), got {p_target}")
@@ -91,7 +94,8 @@ def train_calibration(scores, labels, p_target: float = 0.5, max_iter: int = 50,
     if len(y) != len(x):
         raise ValueError(f"{len(x)} scores for {len(y)} labels")
     if y.all() or not y.any():
-        raise ValueError("calibration trials need both target and non-target trials")
+        raise EvaluationError(f"calibration trials need both target and non-target trials: {int(y.sum())} target, "
+                              f"{int((~y).sum())} non-target")
     # Standardise so LBFGS sees a well-conditioned problem; folded back into (w, b) at the end.
     mean, std = x.mean(axis=0), x.std(axis=0)
     std[std == 0] = 1.0

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sslsv.audio.io import audio_info, read_audio, read_crop
+from sslsv.audio.io import AudioError, audio_info, read_audio, read_crop
+from sslsv.evaluation.errors import EvaluationError
 
 __all__ = ["Crops", "crop_starts", "extract_embeddings", "plan_batches", "read_crops"]
 
@@ -160,7 +161,8 @@ def plan_batches(lengths: Sequence[int], max_samples: float, max_trim: float,
 
 class _AudioDataset(Dataset):
     """One item = one planned batch, (B, S) whole sources cut to the batch's shortest or (B, N, S) crops, and the
-    (B,) source rows."""
+    (B,) source rows. A file that cannot be read raises the reader's AudioError; re-raised from a DataLoader worker
+    it keeps its one-line message (sslsv.audio.io.AudioError drops the worker's traceback)."""
 
     def __init__(self, sources: list, batches: list[np.ndarray], sample_rate: int, crops: Crops | None):
         self.sources = sources
@@ -183,11 +185,9 @@ class _AudioDataset(Dataset):
         rows = self.batches[item]
         waves = [self._read(int(i)) for i in rows]
         # Header lengths planned the batch; cut to the shortest actual length so a header that over-reports
-        # frames can only shorten, never pad (crops all have the same length already).
+        # frames can only shorten, never pad (crops all have the same length already). The reader refuses empty
+        # and too-short files, so no length is 0.
         length = min(w.shape[-1] for w in waves)
-        if length == 0:
-            empty = self.sources[rows[int(np.argmin([w.shape[-1] for w in waves]))]]
-            raise RuntimeError(f"audio file {empty} contains no samples")
         batch = torch.from_numpy(np.stack([w[..., :length] for w in waves]))
         return batch, torch.as_tensor(rows, dtype=torch.int64)
 
@@ -209,6 +209,8 @@ def _sources(sources: Sequence[Source], root: str | Path | None, crops: Crops | 
             raise ValueError(f"item {i}: waveforms must be 1-D (S,), got shape {tuple(wave.shape)}")
         if len(wave) == 0:
             raise ValueError(f"item {i} is an empty waveform")
+        if not np.isfinite(wave).all():
+            raise AudioError(f"item {i}: the waveform has {int((~np.isfinite(wave)).sum())} NaN/Inf sample(s)")
         out.append(np.ascontiguousarray(wave, dtype=np.float32))
     return out
 
@@ -221,13 +223,10 @@ def _lengths(sources: list, sample_rate: int, crops: Crops | None, num_workers: 
     def length(source) -> int:
         return len(source) if isinstance(source, np.ndarray) else _audio_length(source, sample_rate)
 
-    # Header reads are I/O-bound; threads overlap them for large lists (e.g. 145k files).
+    # Header reads are I/O-bound; threads overlap them for large lists (e.g. 145k files). audio_info raises the
+    # AudioError of an unreadable, empty or too-short file, before any file is decoded.
     with ThreadPoolExecutor(max_workers=max(1, min(16, 4 * max(1, num_workers)))) as pool:
-        lengths = list(pool.map(length, sources))
-    empty = [s for s, n in zip(sources, lengths) if n == 0]
-    if empty:
-        raise RuntimeError(f"{len(empty)} audio file(s) contain no samples, e.g. {empty[:3]}")
-    return lengths
+        return list(pool.map(length, sources))
 
 
 def _embed_batches(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, count: int, crops: int | None,
@@ -296,7 +295,9 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
         No paths: (0, 0), or (0, N, 0) with crops.
 
     Raises:
-        RuntimeError: a file cannot be read or is empty (the message names it).
+        AudioError: a file cannot be read, is empty, or a waveform holds NaN/Inf (the message names it).
+        EvaluationError: the model returned NaN/Inf embeddings (the message names the inputs and any non-finite
+            weight tensor).
         ValueError: invalid arguments, or the model does not return (B, D).
     """
     if sample_rate <= 0:
@@ -320,7 +321,37 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
         bar = tqdm(total=len(sources), desc="embeddings" if crops is None else f"embeddings ({crops.count} crops)",
                    unit="file", file=sys.stderr, dynamic_ncols=True)
     try:
-        return _embed_batches(model, loader, len(sources), None if crops is None else crops.count, device, bar)
+        embeddings = _embed_batches(model, loader, len(sources), None if crops is None else crops.count, device, bar)
     finally:
         if bar is not None:
             bar.close()
+    _check_finite(embeddings, sources, model)
+    return embeddings
+
+
+def _check_finite(embeddings: torch.Tensor, sources: list, model) -> None:
+    """EvaluationError naming the sources whose embeddings are NaN/Inf and whether the model's weights are: a
+    NaN embedding would otherwise turn into NaN scores and a meaningless EER."""
+    bad = (~torch.isfinite(embeddings)).reshape(len(embeddings), -1).any(dim=1)
+    if not bad.any():
+        return
+    rows = bad.nonzero().flatten().tolist()
+    names = [s if isinstance(s, str) else f"waveform {i}" for i, s in ((r, sources[r]) for r in rows[:3])]
+    weights = _non_finite_weights(model)
+    if weights:
+        cause = (f"{len(weights)} weight tensor(s) of the model are non-finite (e.g. {', '.join(weights[:3])}): "
+                 "the weights come from a diverged training; use an earlier checkpoint")
+    elif isinstance(model, torch.nn.Module):
+        cause = "the model's weights are finite: the audio or the model's computation (an overflow) gives NaN/Inf"
+    else:
+        cause = "check the model and the audio"
+    raise EvaluationError(f"the model returned non-finite (NaN/Inf) embeddings for {len(rows)} of {len(sources)} "
+                          f"input(s), e.g. {', '.join(names)}; {cause}")
+
+
+def _non_finite_weights(model) -> list[str]:
+    """Names of the model's floating-point parameters and buffers holding a NaN or Inf."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -3,7 +3,11 @@
 
 `score_backends` is the one trial-scoring pipeline (embed the utterances of a trial list, full length or
 multi-crop; cosine scores; optional cohort normalisations). `score_trials` (plain cosine: validation, fusion,
-fine-tuning), `evaluate_model` and `evaluate_run` are expressed through it."""
+fine-tuning), `evaluate_model` and `evaluate_run` are expressed through it.
+
+Every trial list is checked by `check_trials` before any embedding is computed (and, in `evaluate_run`, before
+any model is loaded): both target and non-target trials, and the audio file of every utterance present (see
+sslsv.data.trials.resolve_trials for where relative utterance paths are read from)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +19,9 @@ import numpy as np
 import torch
 
 from sslsv.config import Config
+from sslsv.audio.io import check_audio_files
 from sslsv.data.manifest import read_manifest
-from sslsv.data.trials import Trials, resolve_trials
+from sslsv.data.trials import Trials, check_trial_labels, locate_trial_audio, resolve_trials
 from sslsv.evaluation.analysis import plot_score_histograms
 from sslsv.evaluation.embeddings import Crops, extract_embeddings
 from sslsv.evaluation.metrics import (VerificationMetrics, compute_act_dcf, compute_cllr, compute_metrics,
@@ -29,7 +34,52 @@ from sslsv.distributed import resolve_device
 from sslsv.runs import RunError, load_model, load_run_config
 
 
-TrialsArg = Union[str, Trials]
+@dataclass(frozen=True)
+class CheckedTrials:
+    """A trial list ready to be scored (from check_trials): both classes present, every audio file found.
+
+    Attributes:
+        trials: the list.
+        utterances: trials.utterances(), what needs an embedding.
+        files: the audio file of each utterance.
+    """
+
+    trials: Trials
+    utterances: list[str]
+    files: list[str]
+
+
+TrialsArg = Union[str, Trials, CheckedTrials]
+
+
+def check_trials(trials: TrialsArg, config: Config, audio_dir: str | Path | None = None) -> CheckedTrials:
+    """Resolve a trial list and check it, before any model work: it has target and non-target trials, and the
+    audio file of every utterance exists and has a usable header.
+
+    Args:
+        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root, see
+            sslsv.data.trials.resolve_trials), a Trials object (then `audio_dir` is required), or an already
+            checked list (returned as it is).
+        audio_dir: folder the relative utterance paths are relative to (overrides the trial set's folder or the
+            data root).
+
+    Raises:
+        TrialsError: unknown name, missing or malformed file, a single class of trials, missing audio files (the
+            first ones listed with their lines, and the folder searched).
+        RunError: a Trials object without audio_dir.
+    """
+    if isinstance(trials, CheckedTrials):
+        return trials
+    if isinstance(trials, Trials):
+        if audio_dir is None:
+            raise RunError("scoring a Trials object needs audio_dir, the folder its utterances are relative to")
+        folder = Path(audio_dir)
+    else:
+        trials, folder = resolve_trials(trials, config.dataset.data_root, audio_dir)
+    check_trial_labels(trials)
+    files = locate_trial_audio(trials, folder)
+    check_audio_files(files)  # headers of every file (empty, not audio, truncated, too short), all named at once
+    return CheckedTrials(trials, trials.utterances(), files)
 
 
 def score_trials(model: torch.nn.Module, trials: TrialsArg, config: Config, device: torch.device, *,
@@ -37,8 +87,8 @@ def score_trials(model: torch.nn.Module, trials: TrialsArg, config: Config, devi
     """Plain cosine scores of a trial list: (trials, (T,) float32 scores); see score_backends.
 
     Args:
-        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), or a Trials object
-            (then `audio_dir` is required).
+        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), a Trials object
+            (then `audio_dir` is required) or a CheckedTrials.
         audio_dir: folder the trial utterances are relative to (overrides the trial set's folder).
     """
     trials, scores, _ = score_backends(model, trials, config, device, Backends(norms=()), audio_dir=audio_dir,
@@ -146,16 +196,6 @@ def build_run_cohort(model: torch.nn.Module, config: Config, device: torch.devic
     return cohort, description
 
 
-def _resolve(trials: TrialsArg, config: Config, audio_dir: str | Path | None) -> tuple[Trials, Path]:
-    """Trials and the folder of their utterances."""
-    if isinstance(trials, Trials):
-        if audio_dir is None:
-            raise RunError("scoring a Trials object needs audio_dir, the folder its utterances are relative to")
-        return trials, Path(audio_dir)
-    trials, folder = resolve_trials(trials, config.dataset.data_root)
-    return trials, Path(audio_dir if audio_dir is not None else folder)
-
-
 def score_backends(model: torch.nn.Module, trials: TrialsArg, config: Config, device: torch.device,
                    backends: Backends | None = None, cohort: Callable[[], tuple[torch.Tensor, dict]] | None = None,
                    *, audio_dir: str | Path | None = None,
@@ -166,8 +206,8 @@ def score_backends(model: torch.nn.Module, trials: TrialsArg, config: Config, de
     (for crops, the mean N x N crop cosine), then adds one normalised back-end per backends.norms.
 
     Args:
-        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), or a Trials object
-            (then `audio_dir` is required).
+        trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), a Trials object
+            (then `audio_dir` is required) or a CheckedTrials; checked by check_trials before any embedding.
         backends: how to score (default: plain full-length cosine only).
         cohort: returns (cohort, description); only called when a normalisation is asked for.
         audio_dir: folder the trial utterances are relative to (overrides the trial set's folder).
@@ -177,10 +217,10 @@ def score_backends(model: torch.nn.Module, trials: TrialsArg, config: Config, de
         order.
     """
     backends = backends or Backends(norms=())
-    trials, folder = _resolve(trials, config, audio_dir)
-    utterances = trials.utterances()
-    embeddings = embed_utterances(model, [str(folder / u) for u in utterances], config, device, backends, progress)
-    enroll, test = index_trials(trials.enroll, trials.test, utterances)
+    checked = check_trials(trials, config, audio_dir)
+    trials = checked.trials
+    embeddings = embed_utterances(model, checked.files, config, device, backends, progress)
+    enroll, test = index_trials(trials.enroll, trials.test, checked.utterances)
     base = backends.base
     if backends.crops is None:
         scores = {base: cosine_scores(embeddings, enroll, test)}
@@ -216,11 +256,21 @@ def run_label(run_dir: str | Path) -> str:
 class _RunEvaluation:
     """What one evaluate_run call shares across trial lists: each model and each cohort loaded once, the table."""
 
-    def __init__(self, backends: Backends, device: torch.device, average: bool, best: bool, progress: bool):
+    def __init__(self, backends: Backends, device: torch.device, average: bool, best: bool, progress: bool,
+                 audio_root: str | Path | None = None):
         self.backends, self.device, self.average, self.best, self.progress = backends, device, average, best, progress
+        self.audio_root = audio_root
         self.models: dict[tuple[str, bool], tuple] = {}
         self.cohorts: dict[tuple[str, bool], tuple[torch.Tensor, dict]] = {}
+        self.checked: dict[tuple[str, str], CheckedTrials] = {}
         self.table: list[tuple] = []
+
+    def trials(self, name: str, config: Config) -> CheckedTrials:
+        """The checked trial list `name` under the config's data root (checked once per data root)."""
+        key = (str(config.dataset.data_root), name)
+        if key not in self.checked:
+            self.checked[key] = check_trials(name, config, self.audio_root)
+        return self.checked[key]
 
     def score(self, run: Path, name: str, random_weights: bool = False):
         """(trials, {backend: scores}, {backend: info}, weights source) of one run (or its random weights)."""
@@ -234,20 +284,20 @@ class _RunEvaluation:
                 self.cohorts[key] = build_run_cohort(model, config, self.device, self.backends, self.progress)
             return self.cohorts[key]
 
-        trials, scores, info = score_backends(model, name, config, self.device, self.backends, cohort,
-                                              progress=self.progress)
+        trials, scores, info = score_backends(model, self.trials(name, config), config, self.device, self.backends,
+                                              cohort, progress=self.progress)
         return trials, scores, info, source
 
 
 def _record(run_dir: Path, name: str, suffix: str, trials: Trials, scores: dict, info: dict, source: str,
             results: dict) -> dict[str, dict]:
     """Write one system's score files and results.json entries (into `results`); returns {backend: metrics}."""
-    metrics = {}
+    # Every metric first: NaN scores raise EvaluationError before any score file is written.
+    metrics = {backend: full_metrics(values, trials.labels) for backend, values in scores.items()}
     for backend, values in scores.items():
         plain = backend == "cosine"
         file_name = f"{slug(name)}{suffix}" + ("" if plain else f"_{backend}")
         write_scores(run_dir / "scores" / f"{file_name}.score", trials.enroll, trials.test, values, trials.labels)
-        metrics[backend] = full_metrics(values, trials.labels)
         results[f"test/{slug(name)}{suffix}" + ("" if plain else f"/{backend}")] = {
             **metrics[backend], **info[backend], "weights": source}
     return metrics
@@ -286,7 +336,7 @@ def _score_compared_runs(state: _RunEvaluation, others: list[Path], name: str, c
 def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use_average: bool | None = None,
                  device: str = "auto", random_baseline: bool = False, progress: bool = True,
                  backends: Backends | None = None, compare: list[str | Path] | None = None,
-                 plots: bool = True, best: bool = False) -> dict:
+                 plots: bool = True, best: bool = False, audio_root: str | Path | None = None) -> dict:
     """Evaluate a run on each trial list and write its outputs; returns the updated results.json content.
 
     Writes, per trial list <t> (file-name-safe, see slug) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
@@ -297,6 +347,10 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     with the same back-ends (each with its own training cohort) but nothing is written into their folders.
     plots=False skips the figures (score files and results.json are still written). best=True evaluates
     model_best.pt (the best validation score) instead; every results.json entry names its weights file.
+
+    Every trial list is checked (check_trials) for this run and each compared run before any model is loaded.
+    `audio_root` is the folder the utterance paths of every list are relative to (default: a registered set's
+    folder, or the data root for a trial file).
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -305,11 +359,12 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     torch_device = resolve_device(device if device != "auto" else config.evaluation.device)
     systems = {"trained": False} | ({"random weights": True} if random_baseline else {})
     others = [Path(r) for r in (compare or [])]
-    for other in others:
-        load_run_config(other)  # fail before any work when a compared run is not a run
+    state = _RunEvaluation(backends or Backends(), torch_device, average, best, progress, audio_root)
+    for run_config in [config, *(load_run_config(other) for other in others)]:  # fail before any model work
+        for name in names:
+            state.trials(name, run_config)
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    state = _RunEvaluation(backends or Backends(), torch_device, average, best, progress)
     for name in names:
         compared = _score_run_systems(state, run_dir, name, systems, results, plots)
         if others:

@@ -110,13 +110,15 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
         The table rows: dicts with trials, fraction, utterances, speakers, init, eer, min_dcf_001, run.
     """
     from sslsv.distributed import resolve_device
-    from sslsv.evaluation.evaluate import evaluate_run, slug
+    from sslsv.evaluation.evaluate import check_trials, evaluate_run, slug
     from sslsv.runs import RunLayout, load_run_config, run_weights
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     _check_finetune_request(fractions, epochs, inits)
     names = list(trials or config.evaluation.trials)
+    for name in names:  # before any training: a bad list would otherwise fail after the first fine-tuning run
+        check_trials(name, config)
     out = Path(output) if output is not None else run_dir / "finetune"
     weights = run_weights(run_dir, use_average)
     root = Path(config.dataset.data_root)

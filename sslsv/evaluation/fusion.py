@@ -19,10 +19,10 @@ from sslsv.data.manifest import read_manifest
 from sslsv.data.trials import read_trials, write_trials
 from sslsv.distributed import resolve_device
 from sslsv.evaluation.calibration import make_calibration_trials, train_calibration
-from sslsv.evaluation.evaluate import score_trials
+from sslsv.evaluation.evaluate import check_trials, score_trials
 from sslsv.evaluation.metrics import compute_act_dcf, compute_cllr, compute_metrics, compute_min_cllr
 from sslsv.evaluation.scoring import write_scores
-from sslsv.runs import load_model, load_run_config
+from sslsv.runs import RunError, load_model, load_run_config
 
 __all__ = ["fuse_runs", "plot_score_correlation"]
 
@@ -80,8 +80,11 @@ def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str |
         `systems`: one row per run and a last row for the calibrated/fused scores, each {"system", **metrics}.
 
     Raises:
-        RunError, TrialsError, ManifestError, AudioError: an unusable run, trial list or audio file.
+        RunError, TrialsError, ManifestError, AudioError: an unusable run, trial list or audio file (both lists
+            are checked before any model is loaded).
     """
+    if not 0.0 < p_target < 1.0:
+        raise RunError(f"--p-target must be in (0, 1), got {p_target}")
     runs = [str(r) for r in runs]
     torch_device = resolve_device(device)
     config = load_run_config(runs[0])
@@ -89,21 +92,21 @@ def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str |
     if make_calibration:
         manifest = read_manifest(root / config.dataset.manifest)
         write_trials(make_calibration_trials(manifest, make_calibration), calibration_trials)
-    calibration = read_trials(calibration_trials)
-    calibration_dir = Path(calibration_root) if calibration_root else root
+    calibration = check_trials(read_trials(calibration_trials), config,
+                               Path(calibration_root) if calibration_root else root)
+    check_trials(trials, config)
 
     test = None
     cal_scores, test_scores = [], []
     for run in runs:
         model, run_config, _ = load_model(run, True, torch_device)
-        _, scores = score_trials(model, calibration, run_config, torch_device, audio_dir=calibration_dir,
-                                 progress=progress)
+        _, scores = score_trials(model, calibration, run_config, torch_device, progress=progress)
         cal_scores.append(scores)
         test, scores = score_trials(model, trials, run_config, torch_device, progress=progress)
         test_scores.append(scores)
         del model
 
-    calibration_model = train_calibration(cal_scores, calibration.labels, p_target=p_target)
+    calibration_model = train_calibration(cal_scores, calibration.trials.labels, p_target=p_target)
     llr = calibration_model.apply(test_scores)
     out = Path(output) if output else Path(runs[0]) / "fusion"
     name = Path(trials).stem

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sslsv.evaluation.errors import EvaluationError
+
 __all__ = [
     "VerificationMetrics",
     "compute_act_dcf",
@@ -47,8 +49,9 @@ def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         (scores, labels) as 1-D float64 and bool arrays.
 
     Raises:
-        ValueError: shapes differ, arrays are not 1-D, scores contain NaN, labels are not
-            binary, or only one class is present.
+        EvaluationError: scores contain NaN, or only one class is present (what a user's
+            model or trial list can cause).
+        ValueError: shapes differ, arrays are not 1-D, or labels are not binary.
     """
     scores = np.asarray(_to_numpy(scores), dtype=np.float64)
     labels_in = np.asarray(_to_numpy(labels))
@@ -58,7 +61,8 @@ def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"scores and labels have different lengths: {len(scores)} scores vs {len(labels_in)} labels")
     num_nan = int(np.isnan(scores).sum())
     if num_nan:
-        raise ValueError(f"scores contain {num_nan} NaN value(s) out of {len(scores)} trials")
+        raise EvaluationError(f"scores contain {num_nan} NaN value(s) out of {len(scores)} trials: the embeddings "
+                              "or the score back-end (normalisation, calibration) produced NaN")
     if labels_in.dtype == bool:
         labels_bool = labels_in
     else:
@@ -68,9 +72,8 @@ def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         labels_bool = labels_in.astype(bool)
     num_targets = int(labels_bool.sum())
     if num_targets == 0 or num_targets == len(labels_bool):
-        kind = "target" if num_targets else "non-target"
-        raise ValueError(f"labels contain only one class ({len(labels_bool)} trials, all {kind}): "
-                         "verification metrics need both target and non-target trials")
+        raise EvaluationError(f"verification metrics need both target and non-target trials: {num_targets} "
+                              f"target, {len(labels_bool) - num_targets} non-target")
     return scores, labels_bool
 
 
@@ -298,7 +301,8 @@ def compute_metrics(scores, labels) -> VerificationMetrics:
         VerificationMetrics.
 
     Raises:
-        ValueError: lengths differ, scores contain NaN, or labels have a single class.
+        EvaluationError: scores contain NaN, or labels have a single class.
+        ValueError: lengths differ.
     """
     scores, labels = _validate(scores, labels)
     fpr, fnr, thresholds = _det_points(scores, labels)

@@ -115,9 +115,8 @@ class ScoreFile(NamedTuple):
 def write_scores(path: str | Path, enroll: Sequence[str], test: Sequence[str], scores, labels) -> None:
     """Write one line per trial, "enroll test score label", score with 6 decimals.
 
-    Space-separated so the file reads like the usual Kaldi / VoxCeleb score files;
-    utterance names therefore must not contain whitespace. Parent directories are
-    created.
+    Space-separated so the file reads like the usual Kaldi / VoxCeleb score files, or tab-separated when an
+    utterance name contains whitespace (as trial lists with such paths are). Parent directories are created.
 
     Args:
         path: output file.
@@ -127,7 +126,7 @@ def write_scores(path: str | Path, enroll: Sequence[str], test: Sequence[str], s
         labels: (num_trials,) 0/1 or bool labels.
 
     Raises:
-        ValueError: lengths differ or a name contains whitespace.
+        ValueError: lengths differ, or a name contains a tab or a line break.
     """
     scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
     labels = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
@@ -135,14 +134,19 @@ def write_scores(path: str | Path, enroll: Sequence[str], test: Sequence[str], s
     if len(lengths) != 1:
         raise ValueError(f"enroll, test, scores and labels differ in length: "
                          f"{len(enroll)}, {len(test)}, {len(scores)}, {len(labels)}")
+    sep = " "
     for names in (enroll, test):
-        if _WHITESPACE.search("\0".join(map(str, names))):  # one C-level scan instead of a loop
-            bad = next(str(n) for n in names if _WHITESPACE.search(str(n)))
-            raise ValueError(f"utterance names must not contain whitespace, e.g. {bad!r}")
+        joined = "\0".join(map(str, names))  # one C-level scan instead of a loop
+        if _WHITESPACE.search(joined):
+            if re.search(r"[\t\r\n]", joined):
+                bad = next(str(n) for n in names if re.search(r"[\t\r\n]", str(n)))
+                raise ValueError(f"utterance names must not contain tabs or line breaks, e.g. {bad!r}")
+            sep = "\t"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One formatted string per line joined in C: ~3x faster than DataFrame.to_csv here.
-    text = "".join(f"{e} {t} {s:.6f} {l}\n" for e, t, s, l in zip(enroll, test, scores.tolist(), labels.tolist()))
+    text = "".join(f"{e}{sep}{t}{sep}{s:.6f}{sep}{l}\n"
+                   for e, t, s, l in zip(enroll, test, scores.tolist(), labels.tolist()))
     path.write_text(text, encoding="utf-8")
 
 
@@ -157,7 +161,9 @@ def read_scores(path: str | Path) -> ScoreFile:
     """
     if Path(path).stat().st_size == 0:
         return ScoreFile([], [], np.zeros(0, np.float64), np.zeros(0, np.int64))
-    frame = pd.read_csv(path, sep=" ", header=None, names=["enroll", "test", "score", "label"],
+    with open(path, "rb") as handle:
+        sep = "\t" if b"\t" in handle.readline() else " "  # write_scores uses tabs when names have spaces
+    frame = pd.read_csv(path, sep=sep, header=None, names=["enroll", "test", "score", "label"],
                         dtype={"enroll": str, "test": str, "label": np.int64}, keep_default_na=False,
                         na_values={"score": ["nan", "NaN"]}, na_filter=True, engine="c",
                         quoting=csv.QUOTE_NONE, encoding="utf-8")

@@ -1,9 +1,11 @@
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sslsv.data.trials import Trials, TrialSet, TrialsError, read_trials, resolve_trials, write_trials
+from sslsv.data.trials import (Trials, TrialSet, TrialsError, check_trial_labels, locate_trial_audio, read_trials,
+                               resolve_trials, write_trials)
 from sslsv.registry import TRIAL_SETS, describe
 
 
@@ -70,19 +72,78 @@ def test_registered_trial_sets():
 def test_resolve_by_name_and_by_path(tmp_path):
     (tmp_path / "demo" / "wav").mkdir(parents=True)
     (tmp_path / "demo" / "trials.txt").write_text("1 a.wav b.wav\n")
-    trials, audio_dir = resolve_trials("demo", tmp_path)
+    trials, audio_dir = resolve_trials("demo", tmp_path)  # a registered set: its own audio folder
     assert len(trials) == 1 and audio_dir == tmp_path / "demo" / "wav"
-    trials, audio_dir = resolve_trials("demo/trials.txt", tmp_path)  # relative to the data root, wav/ exists
-    assert audio_dir == tmp_path / "demo" / "wav"
+    # A trial file: relative to the data root, even when a wav/ folder sits next to it (no hidden rule)
+    trials, audio_dir = resolve_trials("demo/trials.txt", tmp_path)
+    assert audio_dir == tmp_path
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "list.txt").write_text("a b target\n")
     trials, audio_dir = resolve_trials(str(tmp_path / "other" / "list.txt"), "/nonexistent")
-    assert audio_dir == tmp_path / "other" and trials.labels.tolist() == [1]
+    assert audio_dir == Path("/nonexistent") and trials.labels.tolist() == [1]
+    # An explicit audio root wins, for a file and for a registered set
+    assert resolve_trials("demo/trials.txt", tmp_path, audio_root="/audio")[1] == Path("/audio")
+    assert resolve_trials("demo", tmp_path, audio_root=tmp_path / "x")[1] == tmp_path / "x"
     with pytest.raises(TrialsError, match=r"demo_val.*val_trials.txt not found"):
         resolve_trials("demo_val", tmp_path)
     with pytest.raises(TrialsError) as info:
         resolve_trials("vox1-o", tmp_path)
     assert "Did you mean 'vox1_O'" in str(info.value) and "demo_val" in str(info.value)
+
+
+def test_binary_file_and_directory_are_named(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"1 a.wav b.wav\n\xff\xfe\x00garbage\n")
+    with pytest.raises(TrialsError, match=r"t.txt: line 2: not UTF-8"):
+        read_trials(path)
+    with pytest.raises(TrialsError, match="is a directory"):
+        read_trials(tmp_path)
+
+
+def test_check_trial_labels_names_the_file_and_counts():
+    check_trial_labels(Trials(["a", "a"], ["b", "c"], np.array([1, 0], dtype=np.int8), "t.txt"))
+    with pytest.raises(TrialsError, match="needs both target and non-target trials: t.txt has 2 target, 0 non-target"):
+        check_trial_labels(Trials(["a", "a"], ["b", "c"], np.array([1, 1], dtype=np.int8), "t.txt"))
+
+
+def test_locate_trial_audio(tmp_path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "spk" / "d.wav").mkdir(parents=True)  # a directory where a file is expected
+    for name in ("spk/a.wav", "spk/b.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    outside = tmp_path / "elsewhere.wav"
+    outside.write_bytes(b"x")
+    path = tmp_path / "lists" / "t.txt"
+    path.write_text(f"1 spk/a.wav spk/b.wav\n0 spk/a.wav {outside}\n")
+    trials = read_trials(path)
+    assert locate_trial_audio(trials, tmp_path) == [str(outside), str(tmp_path / "spk/a.wav"),
+                                                    str(tmp_path / "spk/b.wav")]  # absolute paths as they are
+    path.write_text("1 spk/a.wav spk/b.wav\n\n0 spk/a.wav spk/c.wav\n1 spk/d.wav spk/e.wav\n0 spk/f.wav spk/g.wav\n")
+    with pytest.raises(TrialsError) as info:
+        locate_trial_audio(read_trials(path), tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 5 of 7 trial utterance(s) not found under {tmp_path}: ")
+    assert "line 3: spk/c.wav, line 4: spk/d.wav (a directory, not a file), line 4: spk/e.wav (first 3 shown)" \
+        in message
+    assert "--audio-root" in message and "\n" not in message
+
+
+def test_locate_trial_audio_suggests_the_folder_where_the_files_are(tmp_path):
+    (tmp_path / "corpus" / "wav" / "s1").mkdir(parents=True)
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / "corpus" / "wav" / "s1" / name).write_bytes(b"x")
+    (tmp_path / "corpus" / "trials.txt").write_text("1 s1/a.wav s1/b.wav\n")
+    trials, folder = resolve_trials("corpus/trials.txt", tmp_path)
+    with pytest.raises(TrialsError, match=rf"s1/a.wav is under {tmp_path / 'corpus' / 'wav'}: pass --audio-root"):
+        locate_trial_audio(trials, folder)
+    trials, folder = resolve_trials("corpus/trials.txt", tmp_path, audio_root=tmp_path / "corpus" / "wav")
+    assert len(locate_trial_audio(trials, folder)) == 2
+
+
+def test_locate_trial_audio_without_a_file_lists_in_trial_order(tmp_path):
+    trials = Trials(["z.wav", "a.wav"], ["y.wav", "b.wav"], np.array([1, 0], dtype=np.int8), "calibration(x)")
+    with pytest.raises(TrialsError, match=r"calibration\(x\): 4 of 4 .*: z.wav, y.wav, a.wav \(first 3 shown\)"):
+        locate_trial_audio(trials, tmp_path)
 
 
 @pytest.mark.skip(reason="benchmark, run by hand: 580k-line parse time")

@@ -4,8 +4,9 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from sslsv.audio.io import read_audio
+from sslsv.audio.io import AudioError, read_audio
 from sslsv.evaluation.embeddings import Crops, extract_embeddings, plan_batches, read_crops
+from sslsv.evaluation.errors import EvaluationError
 
 SR = 16000
 
@@ -134,10 +135,10 @@ def test_resampling_and_stereo(tmp_path):
 def test_unreadable_file_is_named(tmp_path, num_workers):
     _write(tmp_path / "good.wav", 4000)
     (tmp_path / "broken.wav").write_bytes(b"this is not audio at all" * 10)
-    with pytest.raises(RuntimeError, match="broken.wav"):
+    with pytest.raises(AudioError, match="broken.wav"):
         extract_embeddings(ToyModel(), ["good.wav", "broken.wav"], SR, "cpu", root=tmp_path, progress=False,
                            num_workers=num_workers)
-    with pytest.raises(RuntimeError, match="missing.wav"):
+    with pytest.raises(AudioError, match="missing.wav"):
         extract_embeddings(ToyModel(), ["good.wav", "missing.wav"], SR, "cpu", root=tmp_path, progress=False,
                            num_workers=num_workers)
 
@@ -150,7 +151,8 @@ def test_bad_model_output_and_empty(tmp_path):
 
 
 def test_read_failure_inside_dataloader_worker_is_named(tmp_path, monkeypatch):
-    """Header fine, data read fails in a worker process: the error still names the file."""
+    """Header fine, data read fails in a worker process: the caller gets the reader's AudioError itself, its
+    one-line message naming the file, not the DataLoader's re-raise with the worker's traceback as message."""
     import sslsv.evaluation.embeddings as module
 
     _write(tmp_path / "good.wav", 4000)
@@ -159,13 +161,49 @@ def test_read_failure_inside_dataloader_worker_is_named(tmp_path, monkeypatch):
 
     def flaky(path, sample_rate):
         if str(path).endswith("bad.wav"):
-            raise RuntimeError(f"cannot read audio file {path}: truncated data")
+            raise AudioError(f"{path}: truncated data")
         return original(path, sample_rate)
 
     monkeypatch.setattr(module, "read_audio", flaky)  # workers are forked after this
-    with pytest.raises(RuntimeError, match="bad.wav"):
+    with pytest.raises(AudioError) as info:
         extract_embeddings(ToyModel(), ["good.wav", "bad.wav"], SR, "cpu", root=tmp_path, progress=True,
                            num_workers=2)
+    assert str(info.value) == f"{tmp_path / 'bad.wav'}: truncated data"
+
+
+class Overflow(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1e30))
+
+    def forward(self, x):
+        return ((x[:, :4].abs() + 1) * self.scale) ** 2
+
+
+def test_non_finite_embeddings_name_the_files_and_the_weights(tmp_path):
+    _write(tmp_path / "a.wav", 4000)
+    _write(tmp_path / "b.wav", 4000, seed=1)
+    model = torch.nn.Sequential(torch.nn.Unflatten(1, (1, -1)), torch.nn.AdaptiveAvgPool1d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        model[3].bias[0] = float("inf")
+    with pytest.raises(EvaluationError) as info:
+        extract_embeddings(model, ["a.wav", "b.wav"], SR, "cpu", root=tmp_path, progress=False, num_workers=0)
+    message = str(info.value)
+    assert "non-finite (NaN/Inf) embeddings for 2 of 2" in message and "a.wav" in message
+    assert "weight tensor(s) of the model are non-finite (e.g. 3.bias)" in message
+    with pytest.raises(EvaluationError, match="weights are finite"):  # but the computation overflows float32
+        extract_embeddings(Overflow(), ["a.wav"], SR, "cpu", root=tmp_path, progress=False, num_workers=0)
+    with pytest.raises(EvaluationError, match="check the model and the audio"):  # a plain callable
+        extract_embeddings(lambda x: x[:, :4] * float("nan"), ["a.wav"], SR, "cpu", root=tmp_path, progress=False,
+                           num_workers=0)
+
+
+def test_non_finite_waveform_is_refused():
+    wave = np.zeros(400, dtype=np.float32)
+    wave[3] = np.nan
+    with pytest.raises(AudioError, match="item 0: the waveform has 1 NaN/Inf sample"):
+        extract_embeddings(ToyModel(), [wave], SR, "cpu", progress=False, num_workers=0)
 
 
 def test_evenly_spaced_crops_equal_model_on_read_crops(corpus):

@@ -11,28 +11,33 @@ import pytest
 from sslsv.evaluation.evaluate import evaluate_run
 from sslsv.runs import RunError, latest_run, load_model
 from sslsv.evaluation.scoring import read_scores
+from tests.evaluation.test_evaluate_backends import write_small_trials
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run):
+def run(tiny_run, tiny_data):
+    write_small_trials(tiny_data)
     return tiny_run
 
 
+TRIALS = "tiny/small_trials.txt"
+
+
 def test_evaluate_run_writes_every_output(run, capsys):
-    results = evaluate_run(run, ["tiny/trials.txt"], random_baseline=True, progress=False)
+    results = evaluate_run(run, [TRIALS], random_baseline=True, progress=False)
     table = capsys.readouterr().out
     assert "trained" in table and "random weights" in table and "EER" in table
     stored = json.loads((run / "results.json").read_text())
-    for key in ("test/tiny_trials", "test/tiny_trials_random"):
+    for key in ("test/tiny_small_trials", "test/tiny_small_trials_random"):
         assert 0 <= stored[key]["eer"] <= 100 and stored[key]["num_trials"] > 0
-    assert stored["test/tiny_trials"]["weights"].endswith("model_avg.pt")
-    scores = read_scores(run / "scores" / "tiny_trials.score")
-    trial_lines = (Path(load_model(run)[1].dataset.data_root) / "tiny/trials.txt").read_text().split("\n")
+    assert stored["test/tiny_small_trials"]["weights"].endswith("model_avg.pt")
+    scores = read_scores(run / "scores" / "tiny_small_trials.score")
+    trial_lines = (Path(load_model(run)[1].dataset.data_root) / TRIALS).read_text().split("\n")
     assert len(scores.scores) == len([line for line in trial_lines if line.strip()])
     assert np.all(np.abs(scores.scores) <= 1.0 + 1e-5)
-    assert (run / "det_tiny_trials.png").stat().st_size > 0
+    assert (run / "det_tiny_small_trials.png").stat().st_size > 0
     assert results == stored
 
 
@@ -46,8 +51,8 @@ def test_best_weights_are_model_best(run, tmp_path):
         load_model(copy, best=True)
     shutil.copy(copy / "model.pt", copy / "model_best.pt")
     assert load_model(copy, best=True)[2].endswith("model_best.pt")
-    results = evaluate_run(copy, ["tiny/trials.txt"], best=True, progress=False, plots=False)
-    assert results["test/tiny_trials"]["weights"].endswith("model_best.pt")
+    results = evaluate_run(copy, [TRIALS], best=True, progress=False, plots=False)
+    assert results["test/tiny_small_trials"]["weights"].endswith("model_best.pt")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     both = subprocess.run([sys.executable, "evaluate.py", str(copy), "--best", "--last"], cwd=ROOT, env=env,
                           capture_output=True, text=True)
@@ -64,10 +69,10 @@ def test_latest_run_and_missing_run(run, tmp_path):
 
 def test_evaluate_cli(run):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", "tiny/trials.txt"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", TRIALS], cwd=ROOT,
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "tiny/trials.txt" in result.stdout and "EER" in result.stdout
+    assert TRIALS in result.stdout and "EER" in result.stdout
     bad = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", "vox1_Q"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "vox1_O" in bad.stderr and "Traceback" not in bad.stderr

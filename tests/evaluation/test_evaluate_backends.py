@@ -21,11 +21,12 @@ KEY = slug(TRIALS)
 
 
 def write_small_trials(data_root: Path) -> str:
-    """A 15-trial list over 6 utterances of 2 speakers (next to the tiny corpus), to keep embedding time small."""
+    """A 15-trial list over 6 utterances of 2 speakers (next to the tiny corpus), to keep embedding time small;
+    utterance paths relative to the data root, like every trial file's."""
     path = Path(data_root) / TRIALS
     if not path.exists():
-        files = [f"id{s:05d}/ses{v}/{u:05d}.wav" for s in (0, 1) for v, u in ((0, 0), (0, 1), (1, 0))]
-        lines = [f"{int(a[:7] == b[:7])} {a} {b}" for i, a in enumerate(files) for b in files[i + 1:]]
+        files = [f"tiny/wav/id{s:05d}/ses{v}/{u:05d}.wav" for s in (0, 1) for v, u in ((0, 0), (0, 1), (1, 0))]
+        lines = [f"{int(a[:16] == b[:16])} {a} {b}" for i, a in enumerate(files) for b in files[i + 1:]]
         path.write_text("\n".join(lines) + "\n")
     return TRIALS
 
@@ -140,7 +141,7 @@ def test_multicrop_backend_and_compare(tiny_run, trials, tmp_path, capsys):
     # Direct computation: every crop of every utterance through the model at once, N x N cosine means in numpy.
     model, config, _ = load_model(run)
     names = sorted(set(written.enroll) | set(written.test))
-    audio = Path(config.dataset.data_root) / "tiny" / "wav"
+    audio = Path(config.dataset.data_root)
     crops = np.concatenate([read_crops(audio / name, 16000, 0.5, 3) for name in names])
     with torch.no_grad():
         emb = _unit(model(torch.from_numpy(crops)).numpy().astype(np.float64)).reshape(len(names), 3, -1)
@@ -162,9 +163,11 @@ def test_evaluate_cli_flags(monkeypatch, tmp_path, capsys):
     assert backends.norms == ("znorm", "asnorm") and backends.cohort_size == 100 and backends.top_n == 50
     assert backends.cohort_labels and backends.crops == 5 and backends.crop_seconds == 2.0
     assert backends.names() == ["crops5x2s", "crops5x2s_znorm", "crops5x2s_asnorm"]
-    assert evaluate_main(["RUN", "--trials", "demo"]) == 0
+    assert calls[-1][1]["audio_root"] is None
+    assert evaluate_main(["RUN", "--trials", "demo", "--audio-root", "/fast/disk"]) == 0
     backends = calls[-1][1]["backends"]
     assert backends.names() == ["cosine"] and not backends.cohort_labels and backends.cohort_size == 6000
+    assert calls[-1][1]["audio_root"] == "/fast/disk"
     with pytest.raises(SystemExit) as error:
         evaluate_main(["RUN", "--crop-seconds", "2"])
     assert error.value.code == 2 and "--crops" in capsys.readouterr().err

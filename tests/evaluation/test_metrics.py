@@ -168,7 +168,7 @@ def test_compute_metrics_and_errors():
     assert metrics.num_trials == 2000 and metrics.num_targets == int(labels.sum())
     assert isinstance(metrics.num_trials, int) and isinstance(metrics.eer, float)
 
-    with pytest.raises(ValueError, match="only one class"):
+    with pytest.raises(ValueError, match="both target and non-target"):
         compute_metrics([0.1, 0.2], [1, 1])
     with pytest.raises(ValueError, match="different lengths"):
         compute_metrics([0.1, 0.2, 0.3], [1, 0])

@@ -54,12 +54,12 @@ def test_plain_scores_equal_direct_cosine(setup):
     assert model.training  # the pipeline restores the caller's mode
     model.eval()
     utterances = trials.utterances()
-    emb = _embed(model, [sf.read(root / "tiny" / "wav" / u, dtype="float32")[0] for u in utterances])
+    emb = _embed(model, [sf.read(root / u, dtype="float32")[0] for u in utterances])
     row = {u: i for i, u in enumerate(utterances)}
     direct = [emb[row[e]] @ emb[row[t]] for e, t in zip(trials.enroll, trials.test)]
     np.testing.assert_allclose(scores, direct, atol=2e-5)
     # The same list given as a Trials object and its audio folder: the same scores.
-    same, again = score_trials(model, read_trials(root / name), config, CPU, audio_dir=root / "tiny" / "wav",
+    same, again = score_trials(model, read_trials(root / name), config, CPU, audio_dir=root,
                                progress=False)
     assert same.enroll == trials.enroll and np.array_equal(again, scores)
     with pytest.raises(RunError, match="audio_dir"):
@@ -88,7 +88,7 @@ def test_normalised_and_multicrop_scores_equal_direct_computation(setup, crops, 
         return _unit(embed_utterances(model, [str(p) for p in paths], config, CPU, backends, False).double().numpy())
 
     utterances = trials.utterances()
-    emb = embed([root / "tiny" / "wav" / u for u in utterances])
+    emb = embed([root / u for u in utterances])
     manifest = read_manifest(root / "tiny" / "train.csv")
     drawn = np.sort(np.random.default_rng(0).choice(len(manifest), 6, replace=False))
     cohort = embed([root / manifest.files[i] for i in drawn])

@@ -65,7 +65,10 @@ def test_write_read_scores_roundtrip(tmp_path):
     assert back.enroll == enroll and back.test == test
     np.testing.assert_allclose(back.scores, scores, atol=1e-6)
     assert back.labels.tolist() == [1, 0, 1]
-    with pytest.raises(ValueError, match="whitespace"):
-        write_scores(path, ["a b"], ["c"], [0.0], [1])
+    write_scores(path, ["dir with space/a.wav"], ["c"], [0.5], [1])  # tab-separated, read back as it was
+    assert path.read_text() == "dir with space/a.wav\tc\t0.500000\t1\n"
+    assert read_scores(path).enroll == ["dir with space/a.wav"]
+    with pytest.raises(ValueError, match="tabs or line breaks"):
+        write_scores(path, ["a\tb"], ["c"], [0.0], [1])
     with pytest.raises(ValueError):
         write_scores(path, ["a"], ["c", "d"], [0.0], [1])
