@@ -43,11 +43,12 @@ def main(argv: list[str] | None = None, prog: str = "sslsv train") -> int:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False))
             return
         trainer = build_trainer(config, restart=args.restart)
+        main_process = distributed.is_main()  # asked before cleanup(), after which every rank reads as rank 0
         try:
             summary = trainer.fit()
         finally:
             distributed.cleanup()
-        if distributed.is_main():
+        if main_process and not summary.get("already_finished"):  # a finished run has said so itself
             print(f"finished: {summary.get('epochs')} epochs, {summary.get('steps')} steps -> {config.run_dir}")
 
     return run_command(run)

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from sslsv.config import ConfigError
+from sslsv.config import ConfigError, require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views
 from sslsv.methods.heads import AAMSoftmax
 from sslsv.registry import METHODS
@@ -52,8 +52,13 @@ class PseudoSupervisedConfig:
             raise ConfigError("method.subcenters: must be at least 1")
         if self.loss_gate == "fixed" and self.loss_gate_threshold is None:
             raise ConfigError("method.loss_gate_threshold: required when method.loss_gate is 'fixed'")
+        require(self.loss_gate_threshold is None or self.loss_gate_threshold >= 0, "method.loss_gate_threshold",
+                ">= 0 or null (per-sample losses are never negative)", self.loss_gate_threshold)
         if self.loss_gate_warmup_epochs < 0:
             raise ConfigError("method.loss_gate_warmup_epochs: must be >= 0")
+
+
+UNSEEN = -1.0  # sample_losses entry of an utterance not drawn this epoch
 
 
 def gate_mask(losses: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -74,7 +79,9 @@ class PseudoSupervised(Method):
             raise ConfigError(f"method.name: pseudo_supervised needs at least 2 classes, the manifest has {info.num_speakers}")
         self.cfg = cfg
         self.classifier = AAMSoftmax(encoder.embed_dim, info.num_speakers, cfg.scale, cfg.margin, cfg.subcenters)
-        self.sample_losses = torch.full((info.num_samples,), float("nan"))  # this epoch's per-utterance losses
+        # This epoch's per-utterance losses; UNSEEN marks utterances not drawn yet (a loss is never negative, and a
+        # finite marker keeps checkpoints finite: the trainer refuses to save NaN).
+        self.sample_losses = torch.full((info.num_samples,), UNSEEN)
         self.losses_epoch = -1  # the epoch that sample_losses belongs to
         self.epoch = 0
         self.threshold = float("inf") if cfg.loss_gate != "fixed" else float(cfg.loss_gate_threshold)
@@ -107,13 +114,13 @@ class PseudoSupervised(Method):
             return
         if self.cfg.loss_gate == "gmm" and self.losses_epoch == epoch - 1 and epoch >= self.cfg.loss_gate_warmup_epochs:
             self.threshold = self.fit_gate()
-        self.sample_losses = torch.full_like(self.sample_losses, float("nan"))
+        self.sample_losses = torch.full_like(self.sample_losses, UNSEEN)
         self.losses_epoch = epoch
 
     def fit_gate(self) -> float:
         device = self.classifier.weight.device
         table = self.sample_losses.to(device)
-        seen = torch.isfinite(table)
+        seen = table >= 0
         totals = torch.stack([torch.where(seen, table, torch.zeros_like(table)), seen.float()])
         totals = distributed.all_reduce_sum(totals)  # each sample was seen by one rank
         values, counts = totals[0].cpu(), totals[1].cpu()

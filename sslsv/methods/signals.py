@@ -33,11 +33,15 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def effective_rank(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """z: (B, D) -> exp(H(p)), p_k = s_k / sum(s) over the singular values s of z."""
-    s = torch.linalg.svdvals(z.detach().float())
+    """z: (B, D) -> exp(H(p)), p_k = s_k / sum(s) over the singular values s of z; NaN when z holds NaN or Inf."""
+    z = z.detach().float()
+    finite = torch.isfinite(z)
+    # The SVD raises on non-finite input: decompose a finite stand-in and report NaN, so that the trainer's
+    # non-finite loss check (not a linear-algebra traceback) names the step. No host sync: the choice is a where.
+    s = torch.linalg.svdvals(torch.where(finite, z, torch.zeros_like(z)))
     p = s / s.sum().clamp_min(eps)
     entropy = -(p * torch.log(p.clamp_min(eps))).sum()
-    return torch.exp(entropy)
+    return torch.where(finite.all(), torch.exp(entropy), torch.full_like(entropy, float("nan")))
 
 
 @torch.no_grad()
@@ -53,7 +57,8 @@ def kl_divergence(p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch
     """Eq. (13): mean over rows of sum_x P_t(x) (log P_t(x) - log P_s(x)). Shapes (B, K)."""
     p = p_teacher.detach().float()
     log_p = torch.log(p.clamp_min(1e-30))
-    terms = torch.where(p > 0, p * (log_p - log_p_student.detach().float()), torch.zeros_like(p))
+    # 0 log 0 = 0; a NaN teacher probability stays NaN (not 0, which would read as "teacher equals student")
+    terms = torch.where(p != 0, p * (log_p - log_p_student.detach().float()), torch.zeros_like(p))
     return terms.sum(dim=-1).mean()
 
 

@@ -52,6 +52,9 @@ def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     cov = (1 - eps) * cov + eps * eye
     factor, info = torch.linalg.cholesky_ex(cov)
     if int(info) != 0:
+        if not torch.isfinite(cov).all():
+            # NaN/Inf embeddings are not a whitening problem: a NaN loss lets the trainer name the step and stop
+            return torch.full_like(centred, float("nan"))
         raise RuntimeError(f"W-MSE: the covariance of a {n}-sample slice of {d}-d embeddings is not positive definite "
                            f"(collapsed embeddings, or w_size <= D_e); raise method.w_size or set method.w_eps > 0")
     inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # W = L^-1

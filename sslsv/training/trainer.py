@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -23,19 +29,68 @@ from tqdm import tqdm
 from sslsv.audio.augment import AugmentationSources, apply_augmentation
 from sslsv.config import Config, save_config
 from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
-from sslsv.data.manifest import Manifest, check_manifest, read_manifest
+from sslsv.data.manifest import Manifest, ManifestError, check_manifest, deep_check_manifest, read_manifest
 from sslsv.encoders.base import build_speaker_model
 from sslsv.methods.base import Batch, Method, TrainingInfo
 from sslsv.registry import METHODS
 from sslsv import distributed
 from sslsv.distributed import resolve_device
-from sslsv.runs import RunError, RunLayout, atomic_save, average_state_dicts, load_checkpoint, prune
+from sslsv.runs import (RunError, RunLayout, RunLock, atomic_save, average_state_dicts, latest_intact_checkpoint,
+                        load_checkpoint, non_finite_entries, prune, remove_stale_temporaries)
 from sslsv.training.diagnostics import CollapseDetector
 from sslsv.training.schedules import learning_rate
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, unusable data); the message says why and what is kept."""
+
+
+class Preempted(BaseException):
+    """SIGTERM or SIGUSR1 stopped training at a step boundary, after a checkpoint of that step was saved; rerunning
+    the same command resumes from it. A BaseException, like KeyboardInterrupt: a request to stop, not an error, that
+    no `except Exception` on the way up may swallow. The command line exits with status 75 (EX_TEMPFAIL)."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+# Slurm sends SIGUSR1 (with --signal=USR1@<seconds>) before a time limit; schedulers send SIGTERM before a kill.
+PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class PreemptionWatch:
+    """While entered, SIGTERM and SIGUSR1 only record their name in `received`; the trainer reads it at its next
+    step boundary. Handlers are installed from the main thread only (Python's rule; elsewhere the watch stays
+    inactive) and the previous ones come back on exit."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> PreemptionWatch:
+        self.received = None
+        if threading.current_thread() is threading.main_thread():
+            for number in PREEMPTION_SIGNALS:
+                self._previous[number] = signal.signal(number, self._record)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            # None: a handler installed outside Python, which cannot be reinstalled; the default is the closest
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _record(self, number: int, frame) -> None:
+        self.received = signal.Signals(number).name
+
+
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGUSR1: a signal sent to the whole process group (scancel, kill -TERM
+    -PGID) must reach the trainer's watch, not kill a worker and break the loader before the checkpoint. Workers
+    still end with the trainer (the loader stops them, or they notice that their parent is gone)."""
+    for number in PREEMPTION_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 def build_method(config: Config, info: TrainingInfo) -> Method:
@@ -104,6 +159,7 @@ class Trainer:
         self.checkpoint_dir = self.layout.checkpoints
         self.validate_fn = validate
         self.initial = initial
+        self.restart = restart
         if config.trainer.validate_every and config.trainer.validation_trials and validate is None:
             raise TrainingError("trainer.validation_trials is set but this trainer was given no validation function "
                                 "(build one with sslsv.evaluation.validation.trial_validator, or use build_trainer)")
@@ -113,14 +169,10 @@ class Trainer:
         distributed.init_distributed(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
-        if restart and self.main:
-            # The old run's logs go with its checkpoints: appended to, they would mix two runs in one metrics file
-            # (and in `sslsv diagnostics` plots and the collapse report).
-            for old in (self.layout.checkpoints, self.layout.tensorboard):
-                if old.exists():
-                    shutil.rmtree(old)
-            self.layout.metrics.unlink(missing_ok=True)
-        distributed.barrier()
+        if self.main:
+            # A run another training holds is refused now, not after minutes of manifest checks; fit() holds the lock.
+            with RunLock(self.run_dir):
+                pass
 
         cfg = config.trainer
         data = config.dataset
@@ -138,7 +190,7 @@ class Trainer:
             raise TrainingError(f"{data.manifest}: {error}") from None
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
                                  num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False)
+                                 persistent_workers=False, worker_init_fn=ignore_preemption_signals)
         self.steps_per_epoch = self.sampler.steps
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
@@ -162,7 +214,9 @@ class Trainer:
         self.history: list[dict] = []
         self.best: float | None = None
         self.stale_validations = 0
-        self.writer = SummaryWriter(str(self.layout.tensorboard)) if self.main else None
+        # Opened by fit() once the run is locked: a second training into a locked run must write nothing.
+        self.writer: SummaryWriter | None = None
+        self.preemption = PreemptionWatch()
 
     # ------------------------------------------------------------------------------------------------ set-up
 
@@ -170,9 +224,14 @@ class Trainer:
         data = self.config.dataset
         path = Path(data.data_root) / data.manifest
         manifest = read_manifest(path)
-        if data.check_manifest:
+        if data.check_manifest or data.check_manifest_deep:
             # Every rank checks its own view of the file system: a missing mount on one node must not hang others.
             check_manifest(manifest, data.data_root, self.config.features.sample_rate, data.min_seconds)
+        if data.check_manifest_deep:
+            report = deep_check_manifest(manifest, data.data_root, self.config.features.sample_rate, data.min_seconds,
+                                         progress=self.main and self.config.trainer.progress_bar)
+            if report.errors:
+                raise ManifestError(report.summary())
         return manifest
 
     # ------------------------------------------------------------------------------------------------ state
@@ -215,22 +274,28 @@ class Trainer:
         self.stale_validations = state.get("stale_validations", 0)
         self.collapse.load_state_dict(state.get("collapse", {}))  # a resumed run keeps its collapse streaks
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> Path:
+        """Write the resumable state at the current position (rank 0), refusing a state with NaN/Inf; older
+        checkpoints are pruned only once this finite one is on disk. Returns its path."""
+        path = self.layout.checkpoint(self.position.epoch, self.position.global_step)
+        state = self._state() if self.main else None
+        self._refuse_non_finite(state, path)
         if self.main:
-            atomic_save(self._state(), self.layout.checkpoint(self.position.epoch, self.position.global_step))
+            atomic_save(state, path)
             prune(self.layout.list_checkpoints(), self.config.trainer.keep_checkpoints)
         distributed.barrier()
+        return path
 
-    def resume(self) -> bool:
-        found = self.layout.list_checkpoints()
-        if not found:
-            return False
-        state = load_checkpoint(found[-1])
+    def resume(self) -> Path | None:
+        """Load the newest readable checkpoint (a corrupt newer one is skipped with a warning); its path, or None
+        when the run has none."""
+        found = latest_intact_checkpoint(self.layout, warn=self._say)
+        if found is None:
+            return None
+        path, state = found
         self._warn_config_changes(state.get("config", {}))
         self._load_state(state)
-        if self.main:
-            print(f"resuming from {found[-1]} (epoch {self.position.epoch + 1}, step {self.position.step_in_epoch})")
-        return True
+        return path
 
     def _apply_initial_weights(self, initial: InitialWeights) -> None:
         """A fresh run's starting point: the encoder from a weights file, the classifier from given rows."""
@@ -261,12 +326,30 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ loop
 
     def fit(self) -> dict:
+        """Train (or resume) to the end. One training per run directory (RunLock, held by rank 0); SIGTERM and
+        SIGUSR1 save a checkpoint at the next step boundary and raise Preempted."""
+        with self._run_lock(), self.preemption:
+            try:
+                return self._fit()
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+
+    def _fit(self) -> dict:
         cfg = self.config.trainer
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.layout.config)
-        if not self.resume() and self.initial is not None:
+        self._prepare_run_dir()
+        resumed = self.resume()
+        if resumed and self._finished():
+            return self._already_finished()
+        if resumed:
+            self._say(f"resuming from {resumed} (epoch {self.position.epoch + 1}, step {self.position.step_in_epoch})")
+            if self.main:
+                self._drop_metrics_after(self.position.global_step)
+        elif self.initial is not None:
             self._apply_initial_weights(self.initial)
+        if self.main:
+            save_config(self.config, self.layout.config)
+            self.writer = SummaryWriter(str(self.layout.tensorboard))
         stopped_early = False
         while self.position.epoch < cfg.epochs and not stopped_early:
             self.train_epoch()
@@ -276,8 +359,86 @@ class Trainer:
             self._save_epoch_weights(epoch)
             if cfg.validate_every and cfg.validation_trials and (epoch + 1) % cfg.validate_every == 0:
                 stopped_early = self.validate(epoch)
-            self.save_checkpoint()
+            checkpoint = self.save_checkpoint()
+            more = self.position.epoch < cfg.epochs and not stopped_early
+            if more and self._any_rank(self.preemption.received is not None):  # a signal during the epoch's end
+                self._stop_preempted(checkpoint)
         return self.finish(stopped_early)
+
+    @contextmanager
+    def _run_lock(self) -> Iterator[None]:
+        """Rank 0 holds the run's lock for the whole fit; every rank learns whether it could be taken."""
+        lock = RunLock(self.run_dir) if self.main else None
+        refused = None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunError as error:
+                refused = str(error)
+        refused = distributed.broadcast_object(refused)
+        if refused is not None:
+            raise RunError(refused)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _prepare_run_dir(self) -> None:
+        """Under the lock: --restart's deletions, and the temporaries a killed save left behind."""
+        if self.main:
+            if self.restart:
+                # The old run's logs go with its checkpoints: appended to, they would mix two runs in one metrics
+                # file (and in `sslsv diagnostics` plots and the collapse report).
+                for old in (self.layout.checkpoints, self.layout.tensorboard):
+                    if old.exists():
+                        shutil.rmtree(old)
+                for old in (self.layout.metrics, self.layout.summary):
+                    old.unlink(missing_ok=True)
+            for path in remove_stale_temporaries(self.run_dir):
+                print(f"removed {path}: left by a save that was interrupted")
+        distributed.barrier()
+
+    def _finished(self) -> bool:
+        """The resumed checkpoint is the end of the run: every epoch trained, or early stopping triggered."""
+        cfg = self.config.trainer
+        patience = cfg.early_stopping_patience
+        return self.position.epoch >= cfg.epochs or bool(patience and self.stale_validations >= patience)
+
+    def _already_finished(self) -> dict:
+        """A finished run trains nothing again. Killed while writing its final files, it writes them now."""
+        stopped_early = self.position.epoch < self.config.trainer.epochs
+        summary = self._read_summary()
+        if summary is None or summary.get("steps") != self.position.global_step:
+            return self.finish(stopped_early)
+        self._say(f"run already finished ({self.position.epoch} epochs, {self.position.global_step} steps): "
+                  f"{self.run_dir}; use --restart to train again")
+        return {**summary, "already_finished": True}
+
+    def _read_summary(self) -> dict | None:
+        try:
+            return json.loads(self.layout.summary.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """The interrupted run logged past the checkpoint being resumed: those steps are trained again, so their
+        lines (and a line cut short by a kill) go, instead of appearing twice. Rewritten atomically."""
+        path = self.layout.metrics
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_at_or_before(line, step)]
+        if len(kept) == len(lines):
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def train_epoch(self) -> None:
         cfg = self.config.trainer
@@ -291,7 +452,7 @@ class Trainer:
         metric_sums: dict[str, float] = {}
         tick = time.perf_counter()
         for batch in self.loader:
-            loss, metrics = self.train_step(batch)
+            loss, metrics, preempted = self.train_step(batch)
             self.position.step_in_epoch += 1
             self.position.global_step += 1
             self._watch_collapse(metrics)
@@ -299,7 +460,11 @@ class Trainer:
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
             bar.update(1)
-            if self.position.global_step % cfg.log_every_steps == 0 or self.position.step_in_epoch == self.steps_per_epoch:
+            log_due = self.position.global_step % cfg.log_every_steps == 0 \
+                or self.position.step_in_epoch == self.steps_per_epoch
+            if log_due:
+                self._check_state_finite()
+            if log_due or preempted:  # preempted: the steps since the last line are logged, not lost
                 elapsed = time.perf_counter() - tick
                 record = {
                     "epoch": epoch + 1, "step": self.position.global_step, "loss": sum(window) / len(window),
@@ -311,12 +476,17 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                 rate=f"{record['samples_per_s']:.0f}/s")
                 window, metric_sums, tick = [], {}, time.perf_counter()
+            if preempted:
+                bar.close()
+                self._stop_preempted(self.save_checkpoint())
             if cfg.checkpoint_every_steps and self.position.global_step % cfg.checkpoint_every_steps == 0 \
                     and self.position.step_in_epoch < self.steps_per_epoch:
                 self.save_checkpoint()
         bar.close()
 
-    def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
+    def train_step(self, batch: dict) -> tuple[float, dict[str, float], bool]:
+        """One optimiser step. Returns the loss and metrics (averaged over ranks) and whether a rank was asked to
+        stop (SIGTERM/SIGUSR1), which every rank learns at the same step."""
         cfg = self.config.trainer
         # Dropout and any other global-RNG use are keyed by step and rank: identical after a resume.
         torch.manual_seed(cfg.seed * 1_000_003 + self.position.global_step * 7919 + self.rank)
@@ -330,26 +500,71 @@ class Trainer:
         inputs = Batch(views, batch["labels"].to(self.device), batch["indices"].to(self.device))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             output = self.model(inputs)
-        # One all-reduce and one device->host copy per step for the loss and every metric together.
-        names = list(output.metrics)
-        scalars = [output.loss.detach().float()] + [output.metrics[k].detach().float().reshape(()) for k in names]
-        values = distributed.all_reduce_mean(torch.stack(scalars)).tolist()
-        loss_value, metrics = values[0], dict(zip(names, values[1:]))
-        if not math.isfinite(loss_value):
-            self._fail_non_finite(loss_value)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(output.loss).backward()
         self.method.before_optimizer_step(self.position.epoch)
-        if cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
+        gradients_non_finite = self._clip_and_check_gradients()
+        stop_requested = torch.full((), float(self.preemption.received is not None), device=self.device)
+        # One all-reduce and one device->host copy per step for the loss, every metric, the gradients' finiteness
+        # and the stop request together.
+        names = list(output.metrics)
+        scalars = [output.loss.detach().float()] + [output.metrics[k].detach().float().reshape(()) for k in names]
+        values = distributed.all_reduce_mean(torch.stack(scalars + [gradients_non_finite, stop_requested])).tolist()
+        loss_value, metrics = values[0], dict(zip(names, values[1 : 1 + len(names)]))
+        if not math.isfinite(loss_value):
+            self._fail_non_finite(f"loss is {loss_value}")
+        if values[-2] > 0:
+            self._fail_non_finite(f"gradients are not finite ({', '.join(self._non_finite_gradients())})")
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         stepped = scale_before is None or self.scaler.get_scale() >= scale_before  # fp16: skipped on inf grads
         if stepped:
             self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
-        return loss_value, metrics
+        return loss_value, metrics, values[-1] > 0
+
+    def _clip_and_check_gradients(self) -> torch.Tensor:
+        """Clip when asked; a 0-d device tensor, 1 when a gradient holds NaN/Inf, without a host sync. The norm
+        clipping computes anyway is the check; otherwise one fused max-abs (it cannot overflow, unlike a 2-norm).
+        Under fp16 the GradScaler skips steps with inf/NaN gradients and lowers its scale: not a failure."""
+        norm = None
+        if self.config.trainer.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.trainer.grad_clip)
+        if self.scaler.is_enabled():
+            return torch.zeros((), device=self.device)
+        if norm is None:
+            grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+            if not grads:
+                return torch.zeros((), device=self.device)
+            norm = torch.stack(torch._foreach_norm(grads, math.inf)).max()
+        return (~torch.isfinite(norm)).float().to(self.device)  # clip_grad_norm_ of no gradients is on the CPU
+
+    def _non_finite_gradients(self, limit: int = 3) -> list[str]:
+        """Names of the first parameters with a NaN/Inf gradient (for the error message only)."""
+        found = [name for name, p in self.method.named_parameters()
+                 if p.grad is not None and not torch.isfinite(p.grad).all()]
+        return found[:limit] + ([f"{len(found) - limit} more"] if len(found) > limit else [])
+
+    def _check_state_finite(self) -> None:
+        """Parameters and buffers (BN statistics, EMA teachers, queues, centres) can turn NaN/Inf in an optimiser
+        step or a forward pass while the loss stays finite (a learning rate far too high): checked at every log
+        step, so that no run trains for an epoch on them. Ranks agree before any raises."""
+        bad = non_finite_entries({"method": self.method.state_dict()})
+        if self._any_rank(bool(bad)):
+            self._fail_non_finite_state(bad, "nothing was saved")
+
+    def _refuse_non_finite(self, state: dict | None, path: Path) -> None:
+        """Before writing `state` (rank 0's) to `path`: every rank raises when it holds NaN/Inf."""
+        bad = distributed.broadcast_object(non_finite_entries(state) if self.main and state is not None else [])
+        if bad:
+            self._fail_non_finite_state(bad, f"{path} was not written")
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is True on one."""
+        if self.world == 1:
+            return flag
+        return distributed.all_reduce_mean(torch.tensor(float(flag), device=self.device)).item() > 0
 
     def _watch_collapse(self, metrics: dict[str, float]) -> None:
         """Metrics are already averaged over ranks, so every rank takes the same decision."""
@@ -363,17 +578,50 @@ class Trainer:
             self.save_checkpoint()
             raise TrainingError(f"{message} (collapse.action=stop; the checkpoint at this step is kept)")
 
-    def _fail_non_finite(self, value: float) -> None:
-        found = self.layout.list_checkpoints()
-        kept = f"the last good checkpoint is kept: {found[-1]}" if found else "no checkpoint had been written yet"
+    def _fail_non_finite(self, what: str) -> NoReturn:
+        """Before the optimiser step: nothing of this step is applied or saved."""
         raise TrainingError(
-            f"loss is {value} at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch + 1} "
-            f"(global step {self.position.global_step + 1}); training stopped before the optimiser step, {kept}. "
-            f"Usual causes: learning rate too high (trainer.lr={self.config.trainer.lr}), no gradient clipping "
-            f"(trainer.grad_clip), fp16 overflow (try trainer.amp=bf16), or silent/corrupt audio."
+            f"{what} at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch + 1} "
+            f"(global step {self.position.global_step + 1}); training stopped before the optimiser step, "
+            f"{self._last_good()}. {self._causes()}"
         )
 
+    def _fail_non_finite_state(self, names: list[str], unsaved: str) -> NoReturn:
+        raise TrainingError(
+            f"non-finite values (NaN/Inf) at {self._where()} (global step {self.position.global_step}) in "
+            f"{', '.join(names) or 'the state of another rank'}; training stopped and {unsaved}, {self._last_good()}. "
+            f"{self._causes()}"
+        )
+
+    def _last_good(self) -> str:
+        found = self.layout.list_checkpoints()
+        if not found:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is kept: {found[-1]} (rerun with a fix to resume from it)"
+
+    def _causes(self) -> str:
+        return (f"Usual causes: learning rate too high (trainer.lr={self.config.trainer.lr}), no gradient clipping "
+                f"(trainer.grad_clip), fp16 overflow (try trainer.amp=bf16), or silent/corrupt audio.")
+
+    def _where(self) -> str:
+        """'epoch E step S': the last trained step, S steps into 1-based epoch E."""
+        if self.position.step_in_epoch == 0 and self.position.epoch > 0:
+            return f"epoch {self.position.epoch} step {self.steps_per_epoch}"
+        return f"epoch {self.position.epoch + 1} step {self.position.step_in_epoch}"
+
+    def _stop_preempted(self, checkpoint: Path) -> NoReturn:
+        received = self.preemption.received or "a signal to another process of the run"
+        message = (f"preempted by {received} at {self._where()}: checkpoint saved to {checkpoint}; "
+                   f"rerun the same command to resume")
+        self._say(message, file=sys.stderr)
+        raise Preempted(message, checkpoint)
+
     # ------------------------------------------------------------------------------------------------ outputs
+
+    def _say(self, message: str, file=None) -> None:
+        """Print on rank 0 only: the other ranks would repeat it."""
+        if self.main:
+            print(message, file=file or sys.stdout, flush=True)
 
     def _log(self, record: dict) -> None:
         if not self.main:
@@ -386,10 +634,12 @@ class Trainer:
                 self.writer.add_scalar(name, value, record["step"])
 
     def _save_epoch_weights(self, epoch: int) -> None:
-        if not self.main:
-            return
-        atomic_save(self.method.embedding_model().state_dict(), self.layout.epoch_weights(epoch + 1))
-        prune(self.layout.list_epoch_weights(), self.config.trainer.average_last)
+        path = self.layout.epoch_weights(epoch + 1)
+        weights = self.method.embedding_model().state_dict() if self.main else None
+        self._refuse_non_finite(weights, path)
+        if self.main:
+            atomic_save(weights, path)
+            prune(self.layout.list_epoch_weights(), self.config.trainer.average_last)
 
     def validate(self, epoch: int) -> bool:
         """EER on the validation trials; returns True when early stopping triggers."""
@@ -416,6 +666,7 @@ class Trainer:
                 value < self.best - delta if cfg.tracked_mode == "min" else value > self.best + delta)
             if better:
                 self.best, self.stale_validations = value, 0
+                # the weights _save_epoch_weights has just checked for NaN/Inf (validation changes nothing)
                 atomic_save(model.state_dict(), self.layout.model_best)
             else:
                 self.stale_validations += 1
@@ -426,19 +677,30 @@ class Trainer:
         return bool(distributed.broadcast_object(stop))
 
     def finish(self, stopped_early: bool) -> dict:
+        weights = self.method.embedding_model().state_dict() if self.main else None
+        self._refuse_non_finite(weights, self.layout.model)
+        files = self.layout.list_epoch_weights()[-self.config.trainer.average_last :] if self.main else []
+        average = average_state_dicts(files) if files else None
+        self._refuse_non_finite(average, self.layout.model_average)
         summary = {}
         if self.main:
-            atomic_save(self.method.embedding_model().state_dict(), self.layout.model)
-            weights = self.layout.list_epoch_weights()[-self.config.trainer.average_last :]
-            if weights:
-                atomic_save(average_state_dicts(weights), self.layout.model_average)
+            atomic_save(weights, self.layout.model)
+            if average is not None:
+                atomic_save(average, self.layout.model_average)
             summary = {"epochs": self.position.epoch, "steps": self.position.global_step,
-                       "averaged_epochs": len(weights), "stopped_early": stopped_early, "validation": self.history}
+                       "averaged_epochs": len(files), "stopped_early": stopped_early, "validation": self.history}
             self.layout.summary.write_text(json.dumps(summary, indent=2))
-            if self.writer:
-                self.writer.close()
         distributed.barrier()
         return summary
+
+
+def _logged_at_or_before(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line is a whole record of a step up to `step` (a record without a step is kept)."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # cut short by a kill
+        return False
+    return isinstance(record, dict) and record.get("step", step) <= step
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
