@@ -1,5 +1,5 @@
 """SSRFNet (Koo, Heo et al., "SSRFNet: Stage-wise SV-Mixer and ReDimNet Fusion Network for Speaker Verification",
-ICASSP 2026 submission; paper PDF in dayflys/SSRFNet).
+paper PDF in the dayflys/SSRFNet repository).
 
 Reference implementation: dayflys/SSRFNet `experiments/train_code/models/redimnet.py` (`ReDimNetWrap`) @b8d272d
 (the paper cites dayflys/SSLBackend-2026, which is not public); its `loss/distillhubert_loss.py` is the `os_kdft`

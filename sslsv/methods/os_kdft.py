@@ -1,4 +1,5 @@
-"""OS-KDFT: one-stage knowledge distillation for fine-tuning (Heo et al., Interspeech 2023; `Jungwoo4021/OS-KDFT`),
+"""OS-KDFT: "One-Step Knowledge Distillation and Fine-Tuning in Using Large Pre-Trained Self-Supervised Learning
+Models for Speaker Verification" (Heo et al., Interspeech 2023, arXiv:2305.17394; code `Jungwoo4021/OS-KDFT`),
 as used to train SV-Mixer and SSRFNet. Registry name, file and config folder: `os_kdft`.
 
 The student trains in ONE stage on

@@ -1,6 +1,6 @@
 """Clustering of training representations into pseudo-speakers: k-means (faiss), then AHC of the centroids.
 
-Review, section 3.2 and Table 15: k-means straight to C = 6000-7500 classes, or k-means to 50 000 clusters followed
+Review (Lepage & Dehak, arXiv:2602.10829), section 7.2 and Table 15: k-means straight to C = 6000-7500 classes, or k-means to 50 000 clusters followed
 by agglomerative hierarchical clustering (AHC) of the centroids down to 7500 classes; each utterance takes the class
 of its k-means cluster.
 

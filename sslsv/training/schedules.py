@@ -9,7 +9,7 @@ from sslsv.config import TrainerConfig
 def learning_rate(cfg: TrainerConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate for optimiser step `step` (0-based) of a run of cfg.epochs * steps_per_epoch steps.
 
-    step: lr * gamma ** floor(epoch / step_epochs) (review, section 4.2: 5 % every 5 epochs)
+    step: lr * gamma ** floor(epoch / step_epochs) (review, section 4.3: 5 % every 5 epochs)
     cosine: from lr at step 0 to min_lr at the last step
     warmup_cosine: linear from min_lr to lr over warmup_epochs, then cosine to min_lr at the last step
     Any schedule may have a linear warm-up (warmup_epochs > 0) from 0 (or min_lr for warmup_cosine).
