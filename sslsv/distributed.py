@@ -171,20 +171,60 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
 
 def convert_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Make every batch norm use global-batch statistics (nn.SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere)."""
+    """Make every batch norm use global-batch statistics (nn.SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere).
+
+    Like nn.SyncBatchNorm.convert_sync_batchnorm, the new layers hold the same parameter and buffer tensors, so a
+    frozen layer (a momentum teacher's) stays frozen and nothing moves to another device or dtype."""
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        reference = next(iter(module.state_dict().values()), None)
-        if reference is not None:
-            new = new.to(device=reference.device, dtype=reference.dtype)
-        new.load_state_dict(module.state_dict())
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
         new.train(module.training)
         return new
     for name, child in module.named_children():
         setattr(module, name, convert_batch_norm(child, device))
     return module
+
+
+@torch.no_grad()
+def shuffle_across_ranks(*xs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Shuffled BN (He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", 2020,
+    arXiv:1911.05722, section 3.3): gather each (B, ...) tensor of every rank (the same B on every rank), permute
+    the N = world * B rows with one random permutation shared by all ranks and all tensors, and give each rank its
+    own B rows of the result. The permutation is drawn on rank 0 from torch's global generator (which the trainer
+    reseeds every step, so a run is reproducible and resumes identically) and broadcast.
+
+    Returns (this rank's rows of each tensor, the permutation (N,) for `unshuffle_across_ranks`): global row j
+    after the shuffle is row permutation[j] of the gathered batch. One process: the inputs unchanged and the
+    identity (a permutation inside one device changes no batch statistic).
+    """
+    if not xs:
+        raise ValueError("shuffle_across_ranks: nothing to shuffle")
+    batch, device = xs[0].shape[0], xs[0].device
+    if not is_distributed() or world_size() == 1:
+        return list(xs), torch.arange(batch, device=device)
+    n = batch * world_size()
+    permutation = torch.randperm(n).to(device) if is_main() else torch.empty(n, dtype=torch.long, device=device)
+    dist.broadcast(permutation, src=0)
+    mine = permutation[rank() * batch : (rank() + 1) * batch]
+    return [gather_no_grad(x)[mine] for x in xs], permutation
+
+
+@torch.no_grad()
+def unshuffle_across_ranks(x: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """Inverse of `shuffle_across_ranks` for x (B, ...) computed on this rank's shuffled rows: gather, put every
+    row back where its sample came from, and keep this rank's own B rows. One process: x unchanged."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    gathered = gather_no_grad(x)
+    restored = torch.empty_like(gathered)
+    restored[permutation] = gathered
+    batch = x.shape[0]
+    return restored[rank() * batch : (rank() + 1) * batch]
 
 
 class DeviceError(ValueError):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sslsv import distributed
 from sslsv.config import ConfigError
 from sslsv.encoders.base import SpeakerModel
 from sslsv.methods.collapse import DEFAULT_RULES, CollapseRule
@@ -86,6 +87,17 @@ class Method(nn.Module):
         Methods without a classifier refuse."""
         raise ConfigError(f"method '{type(self).__name__}' has no classifier to initialise from {kind} "
                           f"(use method pseudo_supervised, or classifier_init: random)")
+
+    def sync_batch_norm(self) -> bool:
+        """Under DDP, whether every batch norm of the method uses the global batch's statistics (the default, as the
+        authors' trainer's `ddp_sync_batchnorm: true`). False keeps per-device statistics (MoCo's shuffled BN)."""
+        return True
+
+    def distributed_batch_norm(self, device: torch.device) -> Method:
+        """The method as DDP wraps it, called by the trainer when there are several processes: every batch norm
+        made global-batch (nn.SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere) when `sync_batch_norm()`,
+        else unchanged (per-device batch norm)."""
+        return distributed.convert_batch_norm(self, device) if self.sync_batch_norm() else self
 
     def extra_state(self) -> dict:
         """Non-parameter, non-buffer state to checkpoint (most state should be buffers instead)."""

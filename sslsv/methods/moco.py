@@ -10,11 +10,18 @@ tau = 0.03, |Q| = 32 768, m = 0.999, no projector. Authors' code: theolepage/ssl
 @1169b6b (symmetric: both views are queries, one queue per view, the two losses averaged; followed here).
 
 Distributed: keys of all ranks go into the queue (`gather_no_grad`), so every rank holds the same queue.
-Shuffled BN (He et al., section 3.3): the key branch's inputs are permuted across ranks (gather + a permutation
-broadcast from rank 0) and its outputs un-permuted, so BN statistics of a key never come from the same rank's
-queries. Note: when the trainer converts BN layers to global-batch BN (SyncBatchNorm / GlobalBatchNorm), the
-statistics are already global and the shuffle changes nothing but costs one waveform all-gather; set
-`shuffle_bn: false` then.
+Shuffled BN (He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", 2020,
+arXiv:1911.05722, section 3.3; kept by MoCo v2), `shuffle_bn: true` (default): every batch norm of the method keeps
+per-device statistics under DDP (`sync_batch_norm()` is False, so the trainer does not convert them), and the key
+branch's inputs are shuffled across ranks (`distributed.shuffle_across_ranks`: all_gather, one permutation drawn
+on rank 0 and broadcast, each rank encodes its chunk) and its outputs unshuffled, so the BN statistics a key sees
+never come from the sub-batch its query was normalised with; otherwise the model can tell the positive by the
+batch statistics it shares with the query ("cheating", He et al. section 3.3). This is the authors' setup: the
+authors' code (theolepage/sslsv `methods/MoCo/MoCo.py`, `_batch_shuffle_ddp`) shuffles the keys, and every MoCo
+config of theirs sets `ddp_sync_batchnorm: false`. `shuffle_bn: false`: global-batch BN (SyncBatchNorm, or
+GlobalBatchNorm on gloo) everywhere and no shuffle, as for every other method. In one process the shuffle does
+nothing (one device has only one set of batch statistics), as in the authors' code with one device: a
+single-device run does not reproduce shuffled BN.
 
 State changes are separate no-grad methods called from `after_optimizer_step`: the EMA of the key encoder, then
 `update_queue` with the keys of the step. Ablation (review Figure 4a): `use_momentum_encoder: false` takes keys
@@ -51,7 +58,9 @@ class MoCoConfig:
     queue_size: int = 32768  # |Q|, review section 4.3 (Table 1)
     momentum: float = 0.999  # m, review section 4.3 (Table 3)
     use_momentum_encoder: bool = True  # False: collapse ablation of Figure 4(a)
-    shuffle_bn: bool = True  # shuffle key inputs across ranks (no effect in one process)
+    # DDP: per-device BN and key inputs shuffled across ranks (He et al. section 3.3; the authors' MoCo configs);
+    # false: global-batch BN, no shuffle. No effect in one process.
+    shuffle_bn: bool = True
     projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(enabled=False))
 
     def __post_init__(self) -> None:
@@ -133,31 +142,27 @@ class MoCo(Method):
             return []
         return [(self.encoder, self.key_encoder), (self.projector, self.key_projector)]
 
+    def sync_batch_norm(self) -> bool:
+        """Shuffled BN needs per-device batch norm (global statistics would make the shuffle a no-op)."""
+        return not self.cfg.shuffle_bn
+
     @torch.no_grad()
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Keys (B, D) of waveforms x (B, S), from the momentum branch, with shuffled BN across ranks."""
-        if not self.cfg.use_momentum_encoder:
-            return self.projector(self.encoder(x)).detach()
-        shuffle = self.cfg.shuffle_bn and distributed.world_size() > 1
-        if shuffle:
-            batch = x.shape[0]
-            everything = distributed.gather_no_grad(x)  # (N, S)
-            order = distributed.broadcast_object(torch.randperm(len(everything)).tolist())
-            order = torch.tensor(order, device=x.device)
-            mine = order[distributed.rank() * batch : (distributed.rank() + 1) * batch]
-            x = everything[mine]
-        keys = self.key_projector(self.key_encoder(x))
-        if shuffle:
-            shuffled = distributed.gather_no_grad(keys)  # row r holds the key of sample order[r]
-            unshuffled = torch.empty_like(shuffled)
-            unshuffled[order] = shuffled
-            keys = unshuffled[distributed.rank() * batch : (distributed.rank() + 1) * batch]
-        return keys
+    def _keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Keys (B, D) of each view (B, S) from the momentum branch (the online one without momentum encoder), one
+        pass per view, with the same cross-rank shuffle for every view under DDP when `shuffle_bn`."""
+        if self.cfg.use_momentum_encoder:
+            network = lambda x: self.key_projector(self.key_encoder(x))  # noqa: E731
+        else:
+            network = lambda x: self.projector(self.encoder(x))  # noqa: E731
+        if not (self.cfg.shuffle_bn and distributed.world_size() > 1):
+            return [network(x) for x in views]
+        shuffled, permutation = distributed.shuffle_across_ranks(*views)
+        return [distributed.unshuffle_across_ranks(network(x), permutation) for x in shuffled]
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "moco")
         q1, q2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
-        k1, k2 = self._keys(x1), self._keys(x2)
+        k1, k2 = self._keys([x1, x2])
         k1, k2 = F.normalize(k1, dim=1).to(q1.dtype), F.normalize(k2, dim=1).to(q1.dtype)
         queue = self.queue.clone()
         loss_1, logits_1 = self.loss(q1, k2, queue[1])

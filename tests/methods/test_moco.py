@@ -100,3 +100,31 @@ def test_negative_gap_is_logged_once_real_keys_are_queued_and_survives_a_resume(
     assert resumed.keys_seen == 4
     resumed.load_extra_state({})  # checkpoints written before the count existed: a long-filled queue
     assert resumed.keys_seen == 20
+
+
+def test_shuffled_bn_keeps_per_device_batch_norm_under_ddp_and_the_switch_restores_global_bn():
+    """The trainer calls `distributed_batch_norm` with several processes: MoCo with shuffle_bn (the authors' setup,
+    `ddp_sync_batchnorm: false` in their MoCo configs) keeps plain per-device BN, shuffle_bn false makes every BN
+    global-batch, like every other method (the base class default)."""
+    from sslsv.distributed import GlobalBatchNorm
+    from sslsv.methods.simclr import SimCLR, SimCLRConfig
+
+    def kinds(method):
+        return {type(m) for m in method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    shuffled = _method()
+    assert not shuffled.sync_batch_norm()
+    assert shuffled.distributed_batch_norm(torch.device("cpu")) is shuffled
+    assert kinds(shuffled) and GlobalBatchNorm not in kinds(shuffled)
+    synced = _method(shuffle_bn=False)
+    trainable = [name for name, p in synced.named_parameters() if p.requires_grad]
+    assert synced.sync_batch_norm() and kinds(synced.distributed_batch_norm(torch.device("cpu"))) == {GlobalBatchNorm}
+    # The key encoder's converted layers stay frozen (DDP would otherwise wait for their gradients).
+    assert [name for name, p in synced.named_parameters() if p.requires_grad] == trainable
+    simclr = SimCLR(tiny_speaker_model(), SimCLRConfig(), tiny_info())
+    assert simclr.sync_batch_norm() and kinds(simclr.distributed_batch_norm(torch.device("cpu"))) == {GlobalBatchNorm}
+
+
+def test_one_process_keys_do_not_depend_on_shuffle_bn():
+    keys = [_method(shuffle_bn=flag)._keys(random_batch(4, (0.3, 0.3)).views) for flag in (True, False)]
+    assert all(torch.equal(a, b) for a, b in zip(*keys))
