@@ -2,14 +2,23 @@
 
 Reference implementation: clovaai/voxceleb_trainer `models/ResNetSE34L.py` (also theolepage/sslsv `ResNet34.py`
 with base_dim 16). Half-width ResNet-34 with squeeze-excitation blocks on a log-mel input:
-stem conv 7x7 (stride 2 in frequency) -> SE-BasicBlocks [3, 4, 6, 3] at widths [16, 32, 64, 128] -> mean over
-frequency -> SAP/ASP -> linear head. Measured: 1,437,078 parameters with SAP, 40 mels, 512-d (the reference's
-count, docs/encoders.md); 0.447 GMACs per 2 s view at 40 mels. Frames: the last stage averaged over frequency,
-(B, 8 * base_width, T / 4); no layer-wise states (the stages differ in shape).
+stem conv 7x7 (stride 2 in frequency) -> SE-BasicBlocks [3, 4, 6, 3] at widths [16, 32, 64, 128] -> frames
+-> SAP/ASP/stats -> linear head. Measured: 1,437,078 parameters with SAP, 40 mels, 512-d (the reference's count,
+docs/encoders.md); 0.447 GMACs per 2 s view at 40 mels. No layer-wise states (the stages differ in shape).
+
+Frames (`forward_frames`, what the pooling reads), from the last stage's (B, C, F', T/4) map, F' = ceil(F / 8):
+- `frequency: mean`: averaged over frequency, (B, C, T/4) (clovaai; theolepage/sslsv's SAP).
+- `frequency: flatten`: channels and frequency flattened channel-major, (B, C * F', T/4) (theolepage/sslsv's
+  `StatsPooling` in `ResNet34.py`: mean and std over time of every (channel, frequency) row, 2 * C * F' values).
+- `frequency: auto` (default): `flatten` with `pooling: stats`, `mean` otherwise, as theolepage/sslsv does. The
+  authors' Fast ResNet-34 with stats pooling then has exactly their parameter count: 2,010,262 at 40 mels
+  (head 1280 -> 512) and 2,665,622 at 80 mels (2560 -> 512). `frequency: mean` with `stats` is the smaller
+  x-vector-style alternative (mean and std of the frequency-averaged channels, 256 -> 512; 1,485,974 parameters).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -32,6 +41,10 @@ class FastResNet34Config:
     head: bool = True
     se_reduction: int = 8
     final_bn: bool = False  # batch norm on the representation (off in the reference)
+    # How the last stage's (C, F', T) map becomes the frames the pooling reads: `mean` over frequency (C per frame),
+    # `flatten` channel-major (C * F' per frame, theolepage/sslsv's stats pooling), `auto`: flatten with `stats`,
+    # mean otherwise (theolepage/sslsv ResNet34.py).
+    frequency: Literal["auto", "mean", "flatten"] = "auto"
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -42,6 +55,12 @@ class FastResNet34Config:
             raise ConfigError("encoder.base_width: widths and embed_dim must be positive")
         require(min(self.layers) >= 1, "encoder.layers", "at least 1 block per stage", list(self.layers))
         require(self.se_reduction >= 1, "encoder.se_reduction", "at least 1", self.se_reduction)
+
+    def flatten_frequency(self) -> bool:
+        """True when the frames are the channel x frequency rows of the last stage (`frequency` resolved)."""
+        if self.frequency == "auto":
+            return self.pooling == "stats"
+        return self.frequency == "flatten"
 
 
 class SqueezeExcitation(nn.Module):
@@ -81,7 +100,11 @@ class SEBasicBlock(nn.Module):
 
 
 class FastResNet34(Encoder):
-    """Fast ResNet-34 with SE blocks (Chung et al., 2020); 1.44 M parameters with SAP at 40 mels -> 512."""
+    """Fast ResNet-34 with SE blocks (Chung et al., 2020); 1.44 M parameters with SAP at 40 mels -> 512.
+
+    `in_features` (mels) sets F' = ceil(F / 8), the frequency size of the last stage, which `frequency: flatten`
+    multiplies into the frame width.
+    """
 
     has_frames = True
 
@@ -101,7 +124,9 @@ class FastResNet34(Encoder):
             stages.append(nn.Sequential(*blocks))
             in_channels = width
         self.stages = nn.ModuleList(stages)
-        self.pooling = build_pooling(cfg.pooling, widths[-1])
+        self.flatten = cfg.flatten_frequency()
+        frame_dim = widths[-1] * (self._frequency_size(in_features) if self.flatten else 1)
+        self.pooling = build_pooling(cfg.pooling, frame_dim)
         if cfg.head:
             self.head = nn.Linear(self.pooling.out_dim, cfg.embed_dim)
         elif cfg.embed_dim != self.pooling.out_dim:
@@ -112,7 +137,15 @@ class FastResNet34(Encoder):
             self.head = nn.Identity()
         self.final_bn = nn.BatchNorm1d(cfg.embed_dim) if cfg.final_bn else nn.Identity()
         self.embed_dim = cfg.embed_dim
-        self.frame_dim = widths[-1]
+        self.frame_dim = frame_dim
+
+    def _frequency_size(self, n_mels: int) -> int:
+        """Frequency size F' of the last stage for `n_mels` input bands: the conv size arithmetic of the stem and
+        of each stage's first (strided) convolution, floor((n + 2p - k) / s) + 1 (ceil(F / 8) for Fast ResNet-34)."""
+        size = n_mels
+        for conv in [self.stem[0]] + [stage[0].conv1 for stage in self.stages]:
+            size = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        return size
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the four stages, each (B, C_i, F_i, T_i), for multi-scale aggregation."""
@@ -124,7 +157,10 @@ class FastResNet34(Encoder):
         return outputs
 
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)[-1].mean(dim=2)  # (B, 128, T/4): average over frequency
+        last = self.forward_stages(x)[-1]  # (B, C, F', T/4)
+        if self.flatten:
+            return last.flatten(1, 2)  # (B, C * F', T/4), row c * F' + f (theolepage/sslsv's view(N, -1, W))
+        return last.mean(dim=2)  # (B, C, T/4): average over frequency
 
     def frame_pooling(self) -> nn.Module | None:
         return self.pooling

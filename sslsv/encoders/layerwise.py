@@ -23,7 +23,8 @@ Deviations:
   already residual module in a second residual (2x + f(x)).
 - The ASTP attention dropout (LAP, UniPool: 0.1) drops attention weights, not frames; span-out augmentation and
   padding masks are not implemented (batches have equal lengths here).
-- No pretrained WavLM: the SV-Mixer front trains from scratch with the toolkit's objectives.
+- No pretrained WavLM: the SV-Mixer front trains from scratch with the toolkit's objectives, or as the student of
+  a trained layer-wise teacher run with the `os_kdft` method (OS-KDFT distillation).
 """
 from __future__ import annotations
 

@@ -63,7 +63,12 @@ class AttentiveStatisticsPooling(SelfAttentivePooling):
 
 @POOLINGS.register("stats")
 class StatisticsPooling(Pooling):
-    """Statistics pooling (Snyder et al., 2018): mean and standard deviation over time -> 2C."""
+    """Statistics pooling (Snyder et al., 2018): mean and standard deviation over time -> 2C.
+
+    std = sqrt(max(mean_t (x - mean)^2, 1e-5)), as theolepage/sslsv's `StatsPooling` (ResNet34.py). What the C rows
+    are is the encoder's choice: Fast ResNet-34 feeds it every (channel, frequency) row of its last stage by default,
+    as the authors do (`encoder.frequency`, sslsv/encoders/fast_resnet34.py), so C = channels x frequency there.
+    """
 
     def __init__(self, in_dim: int):
         super().__init__()

@@ -14,8 +14,9 @@ paper's wider ResNet-34 of Table 1.
     msfa: every selected map is brought to the coarsest selected resolution by a learned strided 3x3 conv
         (stride 2, as Gao et al. downsample stage 2), concatenated along channels, averaged over frequency, pooled
         once, FC -> embed_dim.
-    msea: every selected map (optionally 1x1 conv to `pool_channels`, section 3.1) is averaged over frequency and
-        pooled on its own; the pooled vectors are concatenated, FC -> embed_dim.
+    msea: every selected map (with `pool_conv`, through a 1x1 conv first: section 3.1, "For MSEA, 1x1 convolutions
+        are added before pooling"; to `pool_channels` channels when set, else keeping its width) is averaged over
+        frequency and pooled on its own; the pooled vectors are concatenated, FC -> embed_dim.
     Without FPM, trunk stages above the highest selected one are not built. With FPM the pyramid always starts at
     stage 4 (the paper's top-down pathway starts from the top stage).
 
@@ -24,14 +25,17 @@ paper does not say how SAP/LDE treat the frequency axis; its GAP averages over b
 
 Measured parameters (40 mels, 512-d, SAP per scale, stages (2, 3, 4); trunk 1,354,390; single-scale Fast
 ResNet-34 1,437,078), tests/encoders/test_resnet_multiscale.py and docs/encoders.md:
-    msea: no FPM 1,491,542   fpm_b 1,442,326   fpm_tc 1,451,574 (configs/simclr/fast_resnet34_fpm.yml)
+    msea: no FPM 1,491,542   fpm_b 1,442,326   fpm_tc 1,451,574
+    msea + pool_conv: no FPM 1,513,270   fpm_b 1,445,494   fpm_tc 1,454,742 (configs/simclr/fast_resnet34_fpm.yml)
     msfa: no FPM 1,529,462   fpm_b 1,457,718   fpm_tc 1,466,966
 The paper gives counts only for its own wider ResNet-34 (Table 2); as there, the FPM variants are smaller than
 MSA without FPM.
 
 Paper settings not given and chosen here: FPM-TC's transposed conv is 3x3, stride 2, padding 1 (sized to the
-lateral map); lateral, smoothing and MSFA convs have a bias and no BN/activation (as in FPN). The paper's LDE
-system (section 4) is `pooling: lde, pool_channels: 64, share_pooling: true`.
+lateral map); lateral, smoothing, MSEA pooling and MSFA convs have a bias and no BN/activation (as in FPN); the
+width of MSEA's 1x1 convs before SAP/GAP is not given, so `pool_conv` alone keeps each map's width (32 for the
+FPM's P_i). The paper's LDE system (section 4.2: "Before the LDE layer, a 1x1 convolution is applied to change the
+number of channels to 64") is `pooling: lde, pool_channels: 64, share_pooling: true`.
 
 Deviations: MSFA aligns to the coarsest selected resolution (on Fast ResNet-34, stages 3 and 4 share it, so only
 stage 2 is resampled, as in Gao et al.; the bilinear upsampling of Gao's stage 4 is not needed); with
@@ -57,10 +61,13 @@ from sslsv.registry import ENCODERS, POOLINGS
 class FastResNet34MSConfig:
     aggregation: Literal["msfa", "msea"] = "msea"  # the paper keeps MSEA after Table 2
     fpm: Literal["none", "fpm_b", "fpm_tc"] = "none"
-    stages: tuple[int, ...] = (2, 3, 4)  # 1-based trunk stages to aggregate (paper Table 2: stages 2, 3, 4)
+    # 1-based trunk stages to aggregate (paper section 5.1: C_3, C_4, C_5, the outputs of stages 2, 3, 4 of Table 1)
+    stages: tuple[int, ...] = (2, 3, 4)
     fpm_channels: int = 32  # lateral width (paper section 3.2: 32, the width of its lowest stage)
     pooling: str = "sap"  # any registered pooling: gap, sap, asp, astp, stats, lde
-    pool_channels: int = 0  # msea: 1x1 conv to this width before each pooling (0: none; paper's LDE: 64)
+    # msea: a 1x1 conv before each pooling (paper section 3.1); keeps each map's width unless pool_channels is set
+    pool_conv: bool = False
+    pool_channels: int = 0  # msea: width of that 1x1 conv (> 0 turns it on; 0: pool_conv's own width; LDE: 64)
     share_pooling: bool = False  # msea: one pooling for every scale (paper: LDE shared, SAP not); equal widths
     embed_dim: int = 512
     # Fast ResNet-34 trunk
@@ -84,8 +91,8 @@ class FastResNet34MSConfig:
         require(min(self.layers) >= 1, "encoder.layers", "at least 1 block per stage", list(self.layers))
         if self.pool_channels < 0:
             raise ConfigError("encoder.pool_channels: must be >= 0 (0: no 1x1 conv before pooling)")
-        if self.aggregation == "msfa" and (self.pool_channels or self.share_pooling):
-            key = "pool_channels" if self.pool_channels else "share_pooling"
+        if self.aggregation == "msfa" and (self.pool_conv or self.pool_channels or self.share_pooling):
+            key = "pool_conv" if self.pool_conv else "pool_channels" if self.pool_channels else "share_pooling"
             raise ConfigError(f"encoder.{key}: only used with aggregation 'msea' (msfa pools once)")
         if self.share_pooling and len(set(self.scale_widths())) > 1:
             raise ConfigError(
@@ -148,8 +155,9 @@ class FastResNet34MultiScale(FastResNet34):
             head_in = self.poolings[0].out_dim
             self.frame_dim = sum(map_widths)
         else:
+            conv = cfg.pool_conv or cfg.pool_channels > 0
             self.projections = nn.ModuleList(
-                nn.Conv2d(c, cfg.pool_channels, 1) if cfg.pool_channels else nn.Identity() for c in map_widths
+                nn.Conv2d(c, cfg.pool_channels or c, 1) if conv else nn.Identity() for c in map_widths
             )
             shared = pool_widths[:1] if cfg.share_pooling else pool_widths
             self.poolings = nn.ModuleList(build_pooling(cfg.pooling, w) for w in shared)

@@ -92,3 +92,19 @@ def test_lde_equals_plain_computation(l2_normalize):
 def test_lde_default_has_64_codewords():
     pooling = build_pooling("lde", 32)
     assert pooling.codewords.shape == (64, 32) and pooling.out_dim == 64 * 32
+
+
+def test_stats_equals_plain_computation():
+    """Mean and population std over time per row, std floored at sqrt(1e-5) (theolepage/sslsv StatsPooling)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, dtype=torch.float64)
+    x[1, 2] = 3.0  # a constant row: std at the floor
+    pooling = build_pooling("stats", 4)
+    expected = torch.zeros(2, 8, dtype=torch.float64)
+    for b in range(2):
+        for c in range(4):
+            row = x[b, c].tolist()
+            mean = sum(row) / len(row)
+            var = sum((v - mean) ** 2 for v in row) / len(row)
+            expected[b, c], expected[b, 4 + c] = mean, max(var, 1e-5) ** 0.5
+    assert pooling.out_dim == 8 and torch.allclose(pooling(x), expected, atol=1e-12)

@@ -100,24 +100,47 @@ def test_config_file_builds_fpm_model():
         config = load_config(ROOT / "configs" / path)
         assert config.encoder.name == "fast_resnet34_ms"
         options = config.encoder.options
-        got = (options.aggregation, options.fpm, options.stages, options.fpm_channels)
-        assert got == ("msea", "fpm_tc", (2, 3, 4), 32)
+        got = (options.aggregation, options.fpm, options.stages, options.fpm_channels, options.pool_conv)
+        assert got == ("msea", "fpm_tc", (2, 3, 4), 32, True)
         encoder = build_encoder(config.encoder, config.features)
-        assert count_parameters(encoder) == 1_451_574
+        assert count_parameters(encoder) == 1_451_574 + 3 * (32 * 32 + 32) == 1_454_742
 
 
 @pytest.mark.parametrize(
-    "override, message",
-    [("encoder.stages=[3, 2]", "encoder.stages: must be increasing"),
-     ("encoder.stages=[5]", "encoder.stages"),
-     ("encoder.fpm=fpm_x", "encoder.fpm"),
-     ("encoder.pooling=ldee", "encoder.pooling: unknown pooling"),
-     ("encoder.aggregation=msfa", "encoder.pool_channels"),
-     ("encoder.share_pooling=true", "encoder.share_pooling: needs equal widths")],
+    "overrides, message",
+    [(["encoder.stages=[3, 2]"], "encoder.stages: must be increasing"),
+     (["encoder.stages=[5]"], "encoder.stages"),
+     (["encoder.fpm=fpm_x"], "encoder.fpm"),
+     (["encoder.pooling=ldee"], "encoder.pooling: unknown pooling"),
+     (["encoder.aggregation=msfa"], "encoder.pool_conv: only used with aggregation 'msea'"),
+     (["encoder.aggregation=msfa", "encoder.pool_conv=false", "encoder.pool_channels=8"], "encoder.pool_channels"),
+     (["encoder.share_pooling=true", "encoder.fpm=none"], "encoder.share_pooling: needs equal widths")],
 )
-def test_config_errors_name_the_key(override, message):
-    extra = ["encoder.pool_channels=8"] if "msfa" in override else []
-    if "share_pooling" in override:
-        extra = ["encoder.fpm=none"]
+def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(ROOT / "configs/simclr/fast_resnet34_fpm.yml", [override] + extra)
+        load_config(ROOT / "configs/simclr/fast_resnet34_fpm.yml", overrides)
+
+
+@pytest.mark.parametrize("fpm, widths", [("fpm_tc", [8, 8, 8]), ("none", [8, 16, 32])])
+def test_pool_conv_is_a_1x1_conv_before_each_pooling(fpm, widths):
+    """MSEA with 1x1 convs before pooling (FPM paper section 3.1): one Conv2d(c, c, 1) per scale, keeping each
+    map's width; the pooled sequences are the frequency means of those convs applied to the maps."""
+    torch.manual_seed(0)
+    small = dict(SMALL, fpm=fpm, fpm_channels=8, layers=(1, 1, 1, 1))
+    plain = FastResNet34MultiScale(FastResNet34MSConfig(**small), in_features=24)
+    model = FastResNet34MultiScale(FastResNet34MSConfig(**small, pool_conv=True), in_features=24).eval()
+    convs = list(model.projections)
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(w, w, (1, 1)) for w in widths]
+    assert count_parameters(model) - count_parameters(plain) == sum(w * w + w for w in widths)
+    x = torch.randn(2, 24, 30)
+    with torch.no_grad():
+        maps = model.forward_maps(x)
+        scales = model.forward_scales(x)
+    for conv, m, s in zip(convs, maps, scales):
+        expected = (torch.einsum("oc,bcft->boft", conv.weight[:, :, 0, 0], m) + conv.bias[:, None, None]).mean(2)
+        assert s.shape == (2, m.shape[1], m.shape[3]) and torch.allclose(s, expected, atol=1e-5)
+
+
+def test_pool_channels_sets_the_pool_conv_width():
+    model = FastResNet34MultiScale(FastResNet34MSConfig(fpm="fpm_tc", pool_conv=True, pool_channels=64), 40)
+    assert [(c.in_channels, c.out_channels) for c in model.projections] == [(32, 64)] * 3
