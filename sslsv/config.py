@@ -40,16 +40,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class FeaturesConfig:
-    """Log-mel front-end (review, section 4.1: 25 ms Hamming window, 10 ms hop, 40 mels; 80 for DINO)."""
+    """Log-mel front-end. The defaults are the review's (Lepage & Dehak, "Self-Supervised Learning for Speaker
+    Recognition: A study and review", 2026, arXiv:2602.10829, section 4.1: torchaudio log-mels, 25 ms Hamming
+    window, 10 ms hop, 40 mels, 80 for DINO, instance normalisation) with the rest of the authors' front-end
+    (theolepage/sslsv, encoders/_BaseEncoder.py, used by their Fast ResNet-34 and ECAPA-TDNN): n_fft 512, no
+    pre-emphasis, torchaudio's full band 0 Hz to the Nyquist frequency. ReDimNet's front-end (pre-emphasis 0.97,
+    20-7600 Hz) is set by configs/encoders/redimnet_*.yml; docs/config.md has the table per encoder family."""
 
     sample_rate: int = 16000
     n_mels: int = 40
     n_fft: int = 512
     win_ms: float = 25.0
     hop_ms: float = 10.0
-    f_min: float = 20.0
-    f_max: float | None = 7600.0
-    preemphasis: float = 0.97  # 0 disables
+    f_min: float = 0.0
+    f_max: float | None = None  # null: the Nyquist frequency (sample_rate / 2)
+    preemphasis: float = 0.0  # y[t] = x[t] - a x[t-1]; 0 disables
     instance_norm: bool = True  # per-utterance mean/variance normalisation of every mel band
 
     def __post_init__(self) -> None:
@@ -119,7 +124,10 @@ class DatasetConfig:
 
 @dataclass
 class AugmentationConfig:
-    """On-device augmentation (review, section 4.1): reverberation, then noise / music / babble at a sampled SNR."""
+    """On-device augmentation (review, section 4.2): reverberation, then MUSAN noise, music or speech at an SNR drawn
+    in 0-15, 5-15 or 13-20 dB (section 4.2). One file per view, speech included, as the authors' code
+    (theolepage/sslsv, datasets/DataAugmentation.py, where the 3-7-file babble is commented out);
+    `babble_speakers: [3, 7]` sums several speech files into a babble instead."""
 
     strategy: Literal["none", "reverb", "noise", "reverb+noise", "all"] = "reverb+noise"
     probability: float = 1.0  # chance that a view is augmented at all
@@ -128,7 +136,7 @@ class AugmentationConfig:
     snr_noise: tuple[float, float] = (0.0, 15.0)
     snr_music: tuple[float, float] = (5.0, 15.0)
     snr_speech: tuple[float, float] = (13.0, 20.0)
-    babble_speakers: tuple[int, int] = (3, 7)  # number of speech files summed into one babble
+    babble_speakers: tuple[int, int] = (1, 1)  # speech files summed per view, drawn uniformly in [low, high]
     rir_max_seconds: float = 1.0  # RIR tails longer than this are cut
 
     def __post_init__(self) -> None:
@@ -156,7 +164,10 @@ class TrainerConfig:
     step_gamma: float = 0.95
     warmup_epochs: float = 0.0
     min_lr: float = 0.0  # cosine schedules end exactly here
-    grad_clip: float | None = None  # max global gradient norm
+    grad_clip: float | None = None  # max gradient norm (null: no clipping), in the sense of grad_clip_mode
+    # global: one norm over all gradients (torch clip_grad_norm_); per_parameter: each parameter tensor's gradient
+    # clipped to grad_clip on its own, as DINO and the review's authors do (DINO configs, at 3.0).
+    grad_clip_mode: Literal["global", "per_parameter"] = "global"
     amp: Literal["none", "fp16", "bf16"] = "none"
     device: str = "auto"  # auto, cpu, cuda, cuda:1
     seed: int = 0
@@ -509,6 +520,8 @@ def _optimiser_warnings(cfg: TrainerConfig) -> list[str]:
                    "warmup_cosine use it)")
     if cfg.decay_norm_and_bias and not cfg.weight_decay:
         out.append("trainer.decay_norm_and_bias: does nothing with trainer.weight_decay 0")
+    if cfg.grad_clip_mode != _default(TrainerConfig, "grad_clip_mode") and cfg.grad_clip is None:
+        out.append(f"trainer.grad_clip_mode: '{cfg.grad_clip_mode}' does nothing without trainer.grad_clip")
     return out
 
 

@@ -31,8 +31,8 @@ REFUSED = [
     (["features.n_fft=256"], "features.n_fft", ">= the window (25 ms = 400 samples"),
     (["features.n_mels=300"], "features.n_mels", "in [1, 257]"),
     (["features.n_mels=0"], "features.n_mels", "in [1, 257]"),
-    (["features.f_min=8000"], "features.f_min", "below features.f_max"),  # f_min > f_max
-    (["features.f_min=-1"], "features.f_min", "in [0, 7600)"),
+    (["features.f_max=7600", "features.f_min=8000"], "features.f_min", "below features.f_max"),  # f_min > f_max
+    (["features.f_min=-1"], "features.f_min", "in [0, 8000)"),
     (["features.f_max=9000"], "features.f_max", "(0, 8000]"),
     (["features.f_max=null", "features.f_min=8000"], "features.f_min", "in [0, 8000)"),
     (["features.preemphasis=1"], "features.preemphasis", "in [0, 1)"),

@@ -1,5 +1,10 @@
-"""Data augmentation (review, section 4.1): reverberation with a room impulse response, then additive MUSAN noise,
-music or babble speech at a random signal-to-noise ratio.
+"""Data augmentation (Lepage & Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review", 2026,
+arXiv:2602.10829, section 4.2): reverberation with a room impulse response, then additive MUSAN noise, music or
+speech at a random signal-to-noise ratio. The draws follow the authors' code (theolepage/sslsv,
+datasets/DataAugmentation.py): one category uniformly, one file of it, SNR uniform in 0-15 dB (noise), 5-15 dB
+(music), 13-20 dB (speech). Their 3-7-file babble is commented out; `augmentation.babble_speakers: [3, 7]` turns
+it on here. Two deviations, for batching: the RIR starts at its peak (the direct path; theirs is convolved from
+sample 0, which delays the speech by the RIR's onset) and is cut to `rir_max_seconds`.
 
 The work is split in two so that the maths runs on whole batches on the training device:
 
@@ -124,9 +129,9 @@ class AugmentationSources:
     def draw_noise(self, rng: np.random.Generator, num_samples: int) -> tuple[np.ndarray, list[dict]]:
         """Additive noise for one view, mixed for a unit-power signal, and its components.
 
-        One of noise (snr_noise), music (snr_music) or babble (babble_speakers speech crops, each with its own
-        SNR from snr_speech), chosen uniformly. Each component n_k is a random crop normalised to unit power and
-        scaled by 10^(-snr_k / 20).
+        One of noise (snr_noise), music (snr_music) or speech (babble_speakers speech crops, one by default as
+        the authors, each with its own SNR from snr_speech), chosen uniformly. Each component n_k is a random crop
+        normalised to unit power and scaled by 10^(-snr_k / 20).
 
         Returns:
             noise: float32 (num_samples,) = sum_k n_k * 10^(-snr_k / 20).

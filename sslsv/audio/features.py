@@ -1,4 +1,8 @@
-"""Log-mel filterbank front-end (review, section 4.1: 25 ms Hamming window, 10 ms hop, 40 or 80 mel bands).
+"""Log-mel filterbank front-end (Lepage & Dehak, "Self-Supervised Learning for Speaker Recognition: A study and
+review", 2026, arXiv:2602.10829, section 4.1: torchaudio, 25 ms Hamming window, 10 ms hop, 40 or 80 mel bands,
+instance normalisation). With the `features` defaults it computes the authors' front-end exactly (theolepage/sslsv,
+encoders/_BaseEncoder.py: MelSpectrogram(n_fft=512, win_length=400, hop_length=160, hamming, 0 Hz to Nyquist),
+log(x + 1e-6), InstanceNorm1d); ReDimNet's configs add pre-emphasis 0.97 and a 20-7600 Hz band (docs/config.md).
 
 It is part of the model (`SpeakerModel.frontend`), so training, evaluation and export compute exactly the same
 features on whatever device the model is on. It always runs in float32: the log of small filterbank energies and

@@ -28,7 +28,8 @@ Deviations:
 - No teacher in the encoder: it trains teacher-free, or as the student of the `os_kdft` method
   (sslsv/methods/os_kdft.py: OS-KDFT's DistilHuBERT heads and loss, a frozen teacher run in place of WavLM-Large),
   which reads the SV-Mixer states through `forward_with_layers`.
-- The log-mels come from the toolkit's `LogMel` (80 bands, 25 ms / 10 ms, per-band mean and variance normalised).
+- The log-mels come from the toolkit's `LogMel` with ReDimNet's front-end (80 bands, 25 ms / 10 ms, pre-emphasis
+  0.97, 20-7600 Hz, per-band mean and variance normalised).
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ class SSRFNet(Encoder):
         super().__init__()
         width = cfg.channels * cfg.freq_bins
         self.sv_mixer = SVMixerBackbone(cfg.sv_mixer)
-        self.logmel = LogMel(FeaturesConfig(n_mels=cfg.n_mels))
+        # ReDimNet's front-end, whatever the config's features section says (this encoder reads waveforms)
+        self.logmel = LogMel(FeaturesConfig(n_mels=cfg.n_mels, f_min=20.0, f_max=7600.0, preemphasis=0.97))
         self.spec_noise_std = cfg.spec_noise_std
         # 10 ms mel frames -> 20 ms, the SV-Mixer rate: 301 frames (3 s) -> 149
         self.spec_stem = nn.Sequential(nn.Conv1d(cfg.n_mels, width, 5, stride=2), nn.InstanceNorm1d(width))

@@ -1,7 +1,8 @@
-"""CPC (van den Oord et al., 2018, arXiv 1807.03748) for speaker verification.
+"""CPC (van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018, arXiv:1807.03748)
+for speaker verification.
 
-Review ("Self-Supervised Learning for Speaker Recognition: A study and review", Lepage & Dehak), section 2.1.1,
-Eq. (1):
+Review (Lepage & Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review", 2026,
+arXiv:2602.10829), section 2.1.1, Eq. (1):
 
     L_CPC = -1/(B T) sum_i sum_{t=t0+1..T} log( l(p_i^(t), y_i^(t)) / sum_{j in B} l(p_i^(t), y_j^(t)) ),
     l(a, b) = exp(cos(a, b) / tau)
@@ -9,11 +10,18 @@ Eq. (1):
 y_i^(t), y'_i^(t): frame-level encoder outputs (`SpeakerModel.forward_frames`, (B, C, T)) of the anchor x_i and of
 the positive x'_i (two crops of one utterance); an autoregressive aggregator g_phi (GRU, 256) reads y^(1..t0) and
 its last state z^(t0) is mapped by one linear predictor per future step (h_psi) to p^(t0+k), k = 1..4 (t0 = T - 4).
-Targets: the review defines y' from x' for Eq. (1); as in theolepage/sslsv, the targets are the *positive's* last
-4 frames y'^(t0+k) (`cross_view: true`), so the context must carry what the two crops share (the speaker and the
-channel) rather than the next phones of its own crop. The loss is computed in both directions (anchor -> positive,
-positive -> anchor) and averaged; `cross_view: false` predicts each view's own future instead. Negatives: the
-other utterances' frames at the same step. Settings (section 4.3): GRU 256, 4 predicted steps, tau = 1.0.
+Targets: the review defines y' from x' for Eq. (1); as in the authors' code (theolepage/sslsv, methods/CPC/CPC.py),
+the targets are the *positive's* last 4 frames y'^(t0+k) (`cross_view: true`), so the context must carry what the
+two crops share (the speaker and the channel) rather than the next phones of its own crop; `cross_view: false`
+predicts each view's own future instead. One direction, anchor context -> positive targets, as Eq. (1) and the
+authors; `symmetric: true` adds positive -> anchor and averages the two. Negatives: the other utterances' frames at
+the same step. Settings (section 4.3): GRU 256, 4 predicted steps, tau = 1.0.
+
+Logits (`logits`): the authors' code scores with raw dot products p . y (methods/CPC/CPCLoss.py:
+`InfoNCELoss(temperature=1.0, normalize=False)`), the default `dot`, which the review's Table 12 results come from;
+`cosine` is the literal Eq. (1), cos(p, y) / tau. With cosine logits at tau = 1 every logit lies in [-1, 1], so the
+loss cannot go below log(1 + (N - 1) e^-2), 3.57 nats for N = 256: not comparable with Table 12. `temperature`
+divides either kind of logit.
 Distributed: targets are gathered from every rank with gradients, so negatives come from the global batch
 (rank-shifted labels, as SimCLR).
 
@@ -28,6 +36,7 @@ parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +55,9 @@ class CPCConfig:
     aggregator_dim: int = 256  # GRU hidden size, review section 4.3
     prediction_steps: int = 4  # T - t0
     temperature: float = 1.0  # tau
+    logits: Literal["cosine", "dot"] = "dot"  # dot: the authors' p . y / tau; cosine: Eq. (1), cos(p, y) / tau
     cross_view: bool = True  # targets: the positive view's future frames (y'); false: each view's own
+    symmetric: bool = False  # cross_view: also predict the anchor's future from the positive, and average
 
     def __post_init__(self) -> None:
         if self.prediction_steps < 1 or self.aggregator_dim < 1:
@@ -56,7 +67,7 @@ class CPCConfig:
 
 
 class CPCLoss(nn.Module):
-    """Eq. (1) for one set of sequences.
+    """Eq. (1) for one set of sequences, with `logits` "dot" (p . y / tau, the authors') or "cosine" (cos / tau).
 
     Args:
         predictions: (B, K, C) p_i^(t0+k); targets: (B, K, C) y_i^(t0+k), k = 1..K.
@@ -64,17 +75,25 @@ class CPCLoss(nn.Module):
         (loss, logits (K, B, N) detached): for each step, local rows against the N global targets.
     """
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, logits: str = "dot"):
         super().__init__()
+        if logits not in ("cosine", "dot"):
+            raise ConfigError(f"method.logits: 'cosine' or 'dot', got {logits!r}")
         self.temperature = temperature
+        self.logits = logits
 
     def forward(self, predictions: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, steps, _ = predictions.shape
-        p = F.normalize(predictions, dim=2).transpose(0, 1)  # (K, B, C)
-        y = F.normalize(distributed.gather(targets), dim=2).transpose(0, 1)  # (K, N, C)
-        logits = torch.bmm(p, y.transpose(1, 2)) / self.temperature  # (K, B, N)
-        labels = torch.arange(batch, device=p.device) + distributed.rank() * batch
-        loss = F.cross_entropy(logits.reshape(steps * batch, -1), labels.repeat(steps))
+        # float32 at least: raw dot products of frame features are not bounded, half precision would round them.
+        with torch.autocast(device_type=predictions.device.type, enabled=False):
+            dtype = torch.promote_types(predictions.dtype, torch.float32)
+            p = predictions.to(dtype).transpose(0, 1)  # (K, B, C)
+            y = distributed.gather(targets).to(dtype).transpose(0, 1)  # (K, N, C)
+            if self.logits == "cosine":
+                p, y = F.normalize(p, dim=2), F.normalize(y, dim=2)
+            logits = torch.bmm(p, y.transpose(1, 2)) / self.temperature  # (K, B, N)
+            labels = torch.arange(batch, device=p.device) + distributed.rank() * batch
+            loss = F.cross_entropy(logits.reshape(steps * batch, -1), labels.repeat(steps))
         return loss, logits.detach()
 
 
@@ -98,7 +117,7 @@ class CPC(Method):
         else:
             self.aggregator = RecurrentPooling(frame_dim, cfg.aggregator_dim)
         self.predictors = nn.ModuleList(nn.Linear(cfg.aggregator_dim, frame_dim) for _ in range(cfg.prediction_steps))
-        self.loss = CPCLoss(cfg.temperature)
+        self.loss = CPCLoss(cfg.temperature, cfg.logits)
 
     @property
     def context_network(self) -> RecurrentPooling:
@@ -119,11 +138,11 @@ class CPC(Method):
         return predictions, target_frames.transpose(1, 2)[:, -steps:], z
 
     def _frames(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(context frames, target frames) pairs: both directions between the first two views, or every view with
-        itself (cross_view false)."""
+        """(context frames, target frames) pairs: anchor -> positive between the first two views (and positive ->
+        anchor when symmetric), or every view with itself (cross_view false)."""
         if self.cfg.cross_view:
             f1, f2 = encode_views(self.encoder.forward_frames, two_views(batch, "cpc"))
-            return [(f1, f2), (f2, f1)]
+            return [(f1, f2), (f2, f1)] if self.cfg.symmetric else [(f1, f2)]
         return [(f, f) for f in encode_views(self.encoder.forward_frames, batch.views)]
 
     def forward(self, batch: Batch) -> StepOutput:

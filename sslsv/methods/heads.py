@@ -67,7 +67,9 @@ class WeightNormLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        # nn.Linear's default initialisation, as DINO's and the authors' weight-normed last layer (the direction is
+        # what matters, but the norm of v scales the layer's gradients)
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, F.normalize(self.weight_v, dim=1))
@@ -80,7 +82,7 @@ class DINOHead(nn.Module):
 
     MLP in_dim -> hidden -> hidden -> bottleneck with GELU between, L2 normalisation, weight-normalised last layer
     (bottleneck -> out_dim, no bias). `batch_norm` puts a BN after each hidden linear layer (DINO's `use_bn_in_head`;
-    off by default, as in DINO): it standardises the hidden units over the batch, so the head's output differs
+    the review's projector and the authors' DINO head have it, and the `dino` method turns it on): it standardises the hidden units over the batch, so the head's output differs
     between samples from the first step even when the encoder's representations are still nearly constant.
     """
 

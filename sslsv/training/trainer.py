@@ -41,6 +41,24 @@ from sslsv.training.diagnostics import CollapseDetector
 from sslsv.training.schedules import learning_rate
 
 
+def clip_gradients_per_parameter(parameters, max_norm: float) -> torch.Tensor:
+    """Clip each parameter tensor's gradient to 2-norm `max_norm` on its own, in place, as DINO (Caron et al.,
+    "Emerging Properties in Self-Supervised Vision Transformers", 2021, arXiv:2104.14294, `utils.clip_gradients`)
+    and the review's authors (theolepage/sslsv, methods/DINO/DINO.py, `on_after_backward`) do:
+
+        for each p: norm = ||p.grad||_2; coef = max_norm / (norm + 1e-6); if coef < 1: p.grad *= coef
+
+    (`trainer.grad_clip_mode: per_parameter`). Fused norms, no host sync. Returns the largest of the per-tensor norms
+    before clipping (NaN/Inf when a gradient is not finite), a 0-d tensor; 0 without gradients."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch.stack(torch._foreach_norm(grads, 2.0))
+    coefficients = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # 1: left as is (x * 1.0 == x exactly)
+    torch._foreach_mul_(grads, list(coefficients.unbind()))
+    return norms.max()
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, unusable data); the message says why and what is kept."""
 
@@ -201,7 +219,7 @@ class Trainer:
         if self.method.uses_labels and len(self.speakers) < 2:
             raise TrainingError(f"{data.manifest}: method '{config.method.name}' needs speaker labels")
         if self.world > 1:
-            self.method = distributed.convert_batch_norm(self.method, self.device)
+            self.method = self.method.distributed_batch_norm(self.device)  # MoCo keeps per-device BN (shuffle)
         self.method.to(self.device)
         self.model: torch.nn.Module = self.method
         if self.world > 1:
@@ -524,13 +542,18 @@ class Trainer:
         return loss_value, metrics, values[-1] > 0
 
     def _clip_and_check_gradients(self) -> torch.Tensor:
-        """Clip when asked; a 0-d device tensor, 1 when a gradient holds NaN/Inf, without a host sync. The norm
-        clipping computes anyway is the check; otherwise one fused max-abs (it cannot overflow, unlike a 2-norm).
-        Under fp16 the GradScaler skips steps with inf/NaN gradients and lowers its scale: not a failure."""
+        """Clip when asked (`trainer.grad_clip`, `trainer.grad_clip_mode`); a 0-d device tensor, 1 when a gradient
+        holds NaN/Inf, without a host sync. The norms that clipping computes anyway are the check (the global norm,
+        or every tensor's norm with per_parameter); otherwise one fused max-abs (it cannot overflow, unlike a
+        2-norm). Under fp16 the GradScaler skips steps with inf/NaN gradients and lowers its scale: not a failure."""
+        cfg = self.config.trainer
         norm = None
-        if self.config.trainer.grad_clip:
+        if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.trainer.grad_clip)
+            if cfg.grad_clip_mode == "per_parameter":
+                norm = clip_gradients_per_parameter(self.method.parameters(), cfg.grad_clip)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
         if self.scaler.is_enabled():
             return torch.zeros((), device=self.device)
         if norm is None:

@@ -28,7 +28,7 @@ def reference_cpc(p: np.ndarray, y: np.ndarray, tau: float) -> float:
 def test_loss_matches_equation_1(batch, steps, dim, tau):
     g = torch.Generator().manual_seed(batch * steps)
     p, y = torch.randn(batch, steps, dim, generator=g, dtype=torch.float64), torch.randn(batch, steps, dim, generator=g, dtype=torch.float64)
-    loss, logits = CPCLoss(tau)(p, y)
+    loss, logits = CPCLoss(tau, "cosine")(p, y)  # method.logits=cosine: the literal Eq. (1)
     assert loss.item() == pytest.approx(reference_cpc(p.numpy(), y.numpy(), tau), rel=1e-9)
     assert logits.shape == (steps, batch, batch)
 
@@ -53,6 +53,9 @@ def test_cross_view_targets_are_the_positive_views_future():
     assert torch.equal(targets, positive[:, :, -4:].transpose(1, 2))
     assert torch.equal(context, method._predict(frames)[2])  # the context reads the anchor only
     pairs = method._frames(random_batch(batch=3, lengths=(0.3, 0.3)))
+    assert len(pairs) == 1  # anchor -> positive only, as Eq. (1) and the authors
+    symmetric = CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=8, symmetric=True), tiny_info())
+    pairs = symmetric._frames(random_batch(batch=3, lengths=(0.3, 0.3)))
     assert len(pairs) == 2 and pairs[0][0] is pairs[1][1] and pairs[0][1] is pairs[1][0]  # both directions
     own = CPC(tiny_speaker_model(), CPCConfig(aggregator_dim=8, cross_view=False), tiny_info())
     assert all(a is b for a, b in own._frames(random_batch(batch=3, lengths=(0.3, 0.3))))

@@ -133,7 +133,7 @@ def test_rules_keep_the_former_thresholds_and_defaults():
     declared = {}
     for method in (DINO, MoCo, SimCLR, SwAV, DeepCluster):
         declared.update(resolve_thresholds(method.collapse_rules, {}))
-    assert declared == {"min_embedding_std": 0.002, "min_effective_rank": 1.5, "min_teacher_entropy": 0.01,
+    assert declared == {"min_embedding_std": 0.002, "min_effective_rank": 1.5, "min_teacher_entropy": 0.03,
                         "min_teacher_usage_entropy": 0.5, "teacher_sharpened_fraction": 0.75,
                         "min_teacher_information_ratio": 0.05, "max_entropy_ratio": 0.995, "max_negative_gap": 0.1,
                         "min_cluster_entropy": 0.5, "min_kl_teacher_student": None}
@@ -142,9 +142,10 @@ def test_rules_keep_the_former_thresholds_and_defaults():
 
 
 def test_thresholds_are_overridden_by_name_and_unknown_names_refused():
-    stricter = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_teacher_entropy": 0.02}), DINO_RULES)
-    assert "centering" in stricter.check(0, {"teacher_entropy": 0.015})
-    assert CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES).check(0, {"teacher_entropy": 0.015}) is None
+    looser = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_teacher_entropy": 0.01}), DINO_RULES)
+    assert looser.check(0, {"teacher_entropy": 0.015}) is None
+    assert "centering" in CollapseDetector(CollapseConfig(patience_steps=1), DINO_RULES).check(
+        0, {"teacher_entropy": 0.015})
     off = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_teacher_entropy": None}), DINO_RULES)
     assert off.check(0, {"teacher_entropy": 0.0}) is None
     kl = CollapseDetector(CollapseConfig(patience_steps=1, thresholds={"min_kl_teacher_student": 0.01}), DINO_RULES)
