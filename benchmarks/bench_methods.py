@@ -11,6 +11,9 @@ Each run trains in a subprocess (train.py, so exactly what a user runs), then ev
 trials. Runs go to models/bench/<name>/ and are restarted from scratch each time; each run's row is kept in
 models/bench/<name>/bench_row.json, so the table written by --write holds every method measured so far (in the
 order of METHODS / ABLATIONS), whichever invocation measured it. Its "measured" column gives the date.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

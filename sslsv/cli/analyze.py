@@ -1,4 +1,7 @@
-"""`sslsv analyze`: SRR and NMI of a run's embeddings of a labelled manifest, plus a 2-D projection plot."""
+"""`sslsv analyze`: SRR and NMI of a run's embeddings of a labelled manifest, plus a 2-D projection plot.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,7 @@
-"""`sslsv profile`: parameters, inference MACs per second of audio, and training MACs per sample (all passes)."""
+"""`sslsv profile`: parameters, inference MACs per second of audio, and training MACs per sample (all passes).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md)."""
 from __future__ import annotations
 
 import argparse

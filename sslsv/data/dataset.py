@@ -3,6 +3,9 @@
 Determinism: every random choice for a sample (crop positions, augmentation draws) comes from a generator seeded
 by (run seed, epoch, manifest row), and the batch order from (run seed, epoch). So a batch's content does not
 depend on the number of workers, on the number of ranks sharing it, or on whether the run was resumed.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ Deviations from the paper (all shared with the SpeechBrain/sslsv reference):
 - each SE-Res2Block takes the previous block's output, not the sum of all previous outputs (paper Fig. 2);
 - TDNN blocks are Conv -> ReLU -> BN, and the attention of the pooling is Conv -> ReLU -> BN -> tanh -> Conv;
 - the output layer is BN(2 C_last) -> 1x1 conv (no final BN on the embedding).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ Frames (`forward_frames`, what the pooling reads), from the last stage's (B, C, 
   authors' Fast ResNet-34 with stats pooling then has exactly their parameter count: 2,010,262 at 40 mels
   (head 1280 -> 512) and 2,665,622 at 80 mels (2560 -> 512). `frequency: mean` with `stats` is the smaller
   x-vector-style alternative (mean and std of the frequency-averaged channels, 256 -> 512; 1,485,974 parameters).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

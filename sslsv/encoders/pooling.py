@@ -12,6 +12,9 @@ from `(in_dim)` alone (further arguments have defaults) and exposes `out_dim`.
 - gru: the last state of a unidirectional GRU over the frames (256 units). CPC's autoregressive aggregator g_phi
   is this layer when the encoder uses it, so that the context CPC trains is the representation that is evaluated
   and exported (as theolepage/sslsv, whose CPC embeds an utterance as its aggregator's last state).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

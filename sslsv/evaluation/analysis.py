@@ -9,6 +9,9 @@ SRR (review, Eq. 14-15): cluster the test embeddings with k-means into as many c
 
 A higher SRR means the clusters follow speakers more than recordings: the representation has learned who speaks
 rather than the channel of the video, which is the bias of same-utterance positive sampling.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Barlow Twins (Zbontar et al., 2021, arXiv 2103.03230) for speaker verification.
 
-Review (Lepage and Dehak), section 2.3.2, Eq. (7):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.3.2, Eq. (7):
 
     L_BT = sum_d (1 - C_dd)^2 + lambda * sum_d sum_{d' != d} C_dd'^2
 

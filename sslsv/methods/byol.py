@@ -1,6 +1,6 @@
 """BYOL (Grill et al., 2020, arXiv 2006.07733) for speaker verification.
 
-Review (Lepage and Dehak), section 2.4.1, Eq. (9):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.4.1, Eq. (9):
 
     L_BYOL = 2 - 2 * 1/B sum_i sim(p_i, z'_i),   p_i = h_psi(z_i)
 

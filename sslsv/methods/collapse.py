@@ -13,6 +13,9 @@ Kinds of rule:
 - `Compound`: any test over several signals and thresholds, given as a function (e.g. DINO's information ratio).
 
 A rule whose signals (or bound) are missing from a step is skipped; a threshold set to None switches its rule off.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

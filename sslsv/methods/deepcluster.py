@@ -1,6 +1,6 @@
 """DeepCluster (Caron et al., 2018, arXiv 1807.05520; v2 as in SwAV, arXiv 2006.09882) for speaker verification.
 
-Review (Lepage and Dehak), section 2.2.1, Eq. (4):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.2.1, Eq. (4):
 
     L_DeepCluster = -1/B sum_i log( l(z_i, c_{c_i}) / sum_{k=1..K} l(z_i, c_k) ),   l(a, b) = exp(cos(a, b) / tau)
 

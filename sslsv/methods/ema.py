@@ -6,6 +6,9 @@ Choice for BatchNorm buffers (running mean / variance): they are NOT averaged. T
 its own inputs, so its running statistics track its own activations (as in the authors' MoCo, BYOL and DINO code,
 lightly and solo-learn, which all average parameters only). `copy_buffers` exists for callers that want the
 student's statistics instead (e.g. a teacher that is only ever run in eval mode).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Heads shared by the methods: one generic MLP, the projector of the review (section 4.3), DINO's head and the
-(sub-center) AAM-softmax speaker classifier."""
+(sub-center) AAM-softmax speaker classifier.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md)."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """MoCo (He et al., 2020, arXiv 1911.05722; v2: Chen et al., 2020, arXiv 2003.04297) for speaker verification.
 
-Review (Lepage and Dehak), section 2.1.3, Eq. (3):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.1.3, Eq. (3):
 
     L_MoCo = -1/B sum_i log( l(z_i, z'_i) / ( l(z_i, z'_i) + sum_{j in J} l(z_i, q_j) ) ),  l(a, b) = exp(cos(a, b) / tau)
 

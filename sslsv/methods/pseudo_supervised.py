@@ -17,6 +17,9 @@ The per-sample loss table is plain state (extra_state), not a buffer, so DDP doe
 
 LMFT (large-margin fine-tuning, IDLAB) is a config: longer crops, a larger margin, a small learning rate
 (configs/multistage/dino_ecapa.yml, last round).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

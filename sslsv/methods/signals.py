@@ -17,6 +17,9 @@ Signals (all return a 0-d tensor, computed without gradients):
 - `cluster_usage_entropy(x)`: entropy of how samples spread over clusters (assignments or soft codes); 0 means
   every sample lands in one cluster. DINO logs it for its teacher probabilities (`teacher_usage_entropy`): a healthy
   teacher is nearly one-hot per sample (Table 9) but on different outputs for different samples.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

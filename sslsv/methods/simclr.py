@@ -1,6 +1,6 @@
 """SimCLR (Chen et al., 2020, arXiv 2002.05709) for speaker verification.
 
-Review (Lepage and Dehak), section 2.1.2, Eq. (2):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.1.2, Eq. (2):
 
     L_SimCLR = -1/B sum_i log( l(z_i, z'_i) / sum_j l(z_i, z'_j) ),   l(a, b) = exp(cos(a, b) / tau)
 

@@ -1,6 +1,6 @@
 """SimSiam (Chen & He, 2021, arXiv 2011.10566) for speaker verification.
 
-Review (Lepage and Dehak), section 2.4.2, Eq. (10):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.4.2, Eq. (10):
 
     L_SimSiam = -1/B sum_i sim(p_i, sg(z'_i)),   p_i = h_psi(z_i)
 

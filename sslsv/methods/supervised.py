@@ -8,6 +8,9 @@ Review Eq. (12):
 with s = 30 and m = 0.2 (section 4.3). The projector is discarded. The loss is heads.AAMSoftmax with one
 sub-centre per class (its docstring gives the one deviation, where theta + m > pi), the classifier that the
 pseudo-label rounds (pseudo_supervised.py) and OS-KDFT (os_kdft.py) use too.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

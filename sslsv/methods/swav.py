@@ -1,6 +1,6 @@
 """SwAV (Caron et al., 2020, arXiv 2006.09882) for speaker verification.
 
-Review (Lepage and Dehak), section 2.2.2, Eq. (5):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.2.2, Eq. (5):
 
     L_SwAV = -1/(B P) sum_i sum_k a_{i,k} log( l(z'_i, c_k) / sum_k' l(z'_i, c_k') ),   l(a, b) = exp(cos(a, b) / tau)
 

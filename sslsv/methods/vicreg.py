@@ -1,6 +1,6 @@
 """VICReg (Bardes et al., 2022, arXiv 2105.04906) for speaker verification.
 
-Review (Lepage and Dehak), section 2.3.3, Eq. (8):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.3.3, Eq. (8):
 
     L = lambda s(Z, Z') + mu (v(Z) + v(Z')) + nu (c(Z) + c(Z'))
     v(Z) = 1/D sum_d max(0, 1 - sqrt(Var(z^d) + eps))                       (eps = 1e-4)

@@ -1,6 +1,6 @@
 """W-MSE (Ermolov et al., 2021, arXiv 2007.06346) for speaker verification.
 
-Review (Lepage and Dehak), section 2.3.1, Eq. (6):
+Review (Lepage & Dehak, 2026, arXiv:2602.10829), section 2.3.1, Eq. (6):
 
     L_W-MSE = 2 - 2 * 1/B sum_i sim(W(z_i), W(z'_i)),   W(z) = W (z - mu)
 

@@ -7,6 +7,9 @@
   and unreliable ones (high loss). A 2-component Gaussian mixture is fitted on the losses and the gate threshold is
   the loss at which the high-loss component becomes the more probable one (posterior 0.5) between the two means.
   A fixed gate (LGL, Tao et al. 2022) uses a given threshold instead; both live in methods/pseudo_supervised.py.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

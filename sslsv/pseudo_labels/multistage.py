@@ -15,6 +15,9 @@ Every step of a round is recorded in the round's state.json when it finishes; a 
 finished steps, and the unfinished one resumes from its own partial outputs (extraction shards, training
 checkpoints). A round's encoder is initialised from the previous round's weights (`init: previous`) by loading
 them into `trainer.method.encoder` before `fit()`; a resumed training then overrides them with its checkpoint.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Collapse watch and plots (review, section 6.1 and Figure 4): a detector that applies the collapse rules a method
 declares (sslsv.methods.collapse) to its per-step signals (sslsv.methods.signals) and turns them into a message,
-and a plot of every `train/*` signal of a run."""
+and a plot of every `train/*` signal of a run.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md)."""
 from __future__ import annotations
 
 import json

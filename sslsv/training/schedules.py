@@ -1,4 +1,7 @@
-"""Learning-rate schedules as pure functions of the optimiser step (so resuming needs only the step count)."""
+"""Learning-rate schedules as pure functions of the optimiser step (so resuming needs only the step count).
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md)."""
 from __future__ import annotations
 
 import math

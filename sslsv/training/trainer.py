@@ -2,6 +2,9 @@
 
 It owns the optimiser, the schedule, mixed precision, DDP, checkpoints, validation and logs. It talks to the
 method only through the interface in sslsv/methods/base.py and never knows which method it trains.
+
+The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
+2026, arXiv:2602.10829 (docs/references.md).
 """
 from __future__ import annotations
 
