@@ -532,6 +532,17 @@ def _default(cls: type, name: str) -> Any:
 _printed_warnings: set[str] = set()
 
 
+def flatten_dict(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested sections as dotted keys (config comparisons, diffs)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def print_warnings(warnings: list[str]) -> None:
     """Print each warning once per process as "warning: ..." on stderr; only the first process under torchrun
     (RANK is read from the environment: the process group may not exist yet)."""

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 import yaml
 
-from sslsv.config import Config, ConfigError, build_config
+from sslsv.config import Config, ConfigError, build_config, flatten_dict
 from sslsv.encoders.base import SpeakerModel, build_speaker_model
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_e(\d+)_s(\d+)\.pt$")
@@ -515,14 +515,6 @@ def average_state_dicts(paths: list[Path]) -> dict:
     return out
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _model_settings(config: dict) -> dict:
@@ -531,7 +523,7 @@ def _model_settings(config: dict) -> dict:
         config = build_config(config).to_dict()
     except (ConfigError, TypeError, ValueError):
         pass  # a config from an older sslsv: compare what it holds
-    return _flatten({section: config.get(section, {}) for section in MODEL_SECTIONS})
+    return flatten_dict({section: config.get(section, {}) for section in MODEL_SECTIONS})
 
 
 def check_trained_config(run_dir: str | Path, config: Config, warn: Callable[[str], object] = print) -> None:

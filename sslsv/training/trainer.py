@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from sslsv.audio.augment import AugmentationSources, apply_augmentation
-from sslsv.config import Config, save_config
+from sslsv.config import Config, flatten_dict, save_config
 from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
 from sslsv.data.manifest import Manifest, ManifestError, check_manifest, deep_check_manifest, read_manifest
 from sslsv.encoders.base import build_speaker_model
@@ -339,8 +339,8 @@ class Trainer:
 
     def _warn_config_changes(self, saved: dict) -> None:
         current = self.config.to_dict()
-        changed = sorted(k for k in _flatten(current).keys() | _flatten(saved).keys()
-                         if _flatten(current).get(k) != _flatten(saved).get(k))
+        changed = sorted(k for k in flatten_dict(current).keys() | flatten_dict(saved).keys()
+                         if flatten_dict(current).get(k) != flatten_dict(saved).get(k))
         if changed and self.main:
             print(f"warning: the config differs from the checkpoint's in: {', '.join(changed)}")
 
@@ -729,11 +729,3 @@ def _logged_at_or_before(line: str, step: int) -> bool:
     return isinstance(record, dict) and record.get("step", step) <= step
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

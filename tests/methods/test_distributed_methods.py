@@ -6,7 +6,6 @@
 - SwAV Sinkhorn codes and the DINO centre are computed over the global batch.
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from sslsv.methods.simclr import NTXentLoss
 from sslsv.methods.swav import sinkhorn_knopp
 from sslsv.methods.vicreg import VICRegLoss
 from sslsv import distributed
+from tests.gloo import free_port
 from tests.methods.method_helpers import tiny_info, tiny_speaker_model
 
 BATCH = 4  # per rank
@@ -68,11 +68,6 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_two_ranks_use_the_global_batch(tmp_path):
@@ -86,7 +81,7 @@ def test_two_ranks_use_the_global_batch(tmp_path):
     dino.update_center(z[0].float().repeat(1, 3)[:, :16])
 
     out = str(tmp_path / "rank.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=2)
     ranks = [torch.load(out.replace(".pt", f"{r}.pt")) for r in range(2)]
     for name in ("ntxent", "barlow_twins", "vicreg"):
         assert ranks[0]["losses"][name].item() == pytest.approx(reference[name].item(), rel=1e-10), name

@@ -12,7 +12,6 @@ from another sub-batch than its query's.
   the online encoder in a DDP step (the trainer's wrapping): the shuffle touches only the no-grad key branch.
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ import torch.multiprocessing as mp
 from sslsv import distributed
 from sslsv.methods.base import Batch
 from sslsv.methods.moco import MoCo, MoCoConfig
+from tests.gloo import free_port
 from tests.methods.method_helpers import one_thread, tiny_info, tiny_speaker_model  # noqa: F401
 
 BATCH = 4  # per rank
@@ -95,16 +95,11 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_shuffled_bn_permutes_and_restores_keys_across_two_ranks(tmp_path):
     out = str(tmp_path / "rank.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=2)
     ranks = [torch.load(out.replace(".pt", f"{r}.pt")) for r in range(2)]
 
     # The helpers: one permutation on both ranks, rows crossing ranks, the inverse restoring every rank's rows.

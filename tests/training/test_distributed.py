@@ -1,6 +1,5 @@
 """Two gloo processes on CPU compute exactly the gradients of one process on the global batch (float64)."""
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from sslsv.encoders.fast_resnet34 import FastResNet34Config
 from sslsv.methods.base import Batch
 from sslsv.methods.simclr import SimCLR, SimCLRConfig
 from sslsv import distributed
+from tests.gloo import free_port
 
 
 def _method() -> SimCLR:
@@ -49,11 +49,6 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_two_processes_equal_one_process_in_float64(tmp_path):
@@ -61,7 +56,7 @@ def test_two_processes_equal_one_process_in_float64(tmp_path):
     output = reference(_batch(*_data()))
     output.loss.backward()
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=2)
     result = torch.load(out)
     assert result["loss"].item() == pytest.approx(output.loss.item(), rel=1e-12)
     for name, param in reference.named_parameters():
