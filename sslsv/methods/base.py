@@ -88,6 +88,11 @@ class Method(nn.Module):
         raise ConfigError(f"method '{type(self).__name__}' has no classifier to initialise from {kind} "
                           f"(use method pseudo_supervised, or classifier_init: random)")
 
+    def min_batch_size(self) -> int:
+        """The smallest batch a training forward accepts (W-MSE whitens slices of w_size samples); used by the
+        compute profile (sslsv.training.cost), which runs the forward on a small random batch."""
+        return 2
+
     def sync_batch_norm(self) -> bool:
         """Under DDP, whether every batch norm of the method uses the global batch's statistics (the default, as the
         authors' trainer's `ddp_sync_batchnorm: true`). False keeps per-device statistics (MoCo's shuffled BN)."""

@@ -92,6 +92,9 @@ class WMSE(Method):
         self.projector, _ = build_projector(cfg.projector, encoder.embed_dim)
         self.loss = WMSELoss(cfg.w_size, cfg.w_iter, cfg.w_eps)
 
+    def min_batch_size(self) -> int:
+        return self.loss.w_size
+
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "wmse")
         z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])

@@ -28,6 +28,7 @@ def training_macs_per_sample(config: Config, batch_size: int = 4, num_speakers: 
     torch.manual_seed(0)
     info = TrainingInfo(num_speakers=num_speakers, num_samples=max(batch_size, 1024), steps_per_epoch=1, epochs=1)
     method = build_method(config, info).train()
+    batch_size = max(batch_size, method.min_batch_size())
     rate = config.features.sample_rate
     views = [torch.randn(batch_size, int(round(group.seconds * rate)))
              for group in config.dataset.views for _ in range(group.count)]
