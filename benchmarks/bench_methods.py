@@ -91,7 +91,7 @@ def short_detail(detail: str) -> str:
 
 
 def last_signals(run_dir: Path) -> str:
-    train = [r for r in read_metrics(run_dir) if "loss" in r]
+    train = [r for r in read_metrics(run_dir) if "train/loss" in r]
     if not train:
         return ""
     keys = ("train/embedding_std", "train/contrastive_entropy", "train/teacher_entropy", "train/cluster_entropy")

@@ -183,12 +183,23 @@ class TrainerConfig:
     tracked_mode: Literal["min", "max"] = "min"
     log_every_steps: int = 10
     progress_bar: bool = True
+    # Experiment trackers beside RUN/metrics.jsonl (always written), all given the same records (docs/training.md):
+    # tensorboard, wandb, mlflow (the last two need `pip install wandb` / `pip install mlflow`).
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
+    # A fresh run's starting point (wespeaker's model_init): a run directory (its model_avg.pt, else model.pt, else
+    # its newest epoch weights) or an embedding-model weights file; ignored when the run resumes a checkpoint.
+    init_weights: str | None = None
+    init_strict: bool = True  # false: load the tensors whose names and shapes match and report the others
 
     def __post_init__(self) -> None:
         self._check_optimisation()
         self._check_steps()
         self._check_validation()
         check_device(self.device, "trainer.device")
+        repeated = sorted({name for name in self.loggers if self.loggers.count(name) > 1})
+        _check(not repeated, "trainer.loggers", f"{', '.join(repeated)} listed more than once")
+        _check(self.init_weights is None or bool(self.init_weights.strip()), "trainer.init_weights",
+               "an empty path (give a run directory or a weights file, or null)")
 
     def _check_optimisation(self) -> None:
         require(self.epochs >= 1, "trainer.epochs", "at least 1", self.epochs)

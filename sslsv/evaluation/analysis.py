@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from sslsv.evaluation.errors import EvaluationError
 
 __all__ = ["RunAnalysis", "SRRResult", "analyze_run", "nmi", "plot_projection", "plot_score_histograms",
-           "speaker_recording_ratio"]
+           "projection_figure", "score_histogram_figure", "speaker_recording_ratio"]
 
 
 def _numpy(x) -> np.ndarray:
@@ -94,43 +94,117 @@ def speaker_recording_ratio(embeddings, speakers: Sequence, recordings: Sequence
 
 
 def _save(fig: Figure, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    from sslsv.evaluation.plots import save_figure
+
+    save_figure(fig, path)
 
 
-def plot_score_histograms(systems: dict[str, tuple], path: str | Path, bins: int = 100) -> None:
-    """Target and non-target score densities, one panel per system, saved as PNG.
+def _grid(count: int) -> tuple[int, int]:
+    """(rows, columns) of a panel grid: at most three columns, 2 x 2 for four."""
+    cols = 2 if count == 4 else min(3, count)
+    return -(-count // cols), cols
 
-    Args:
-        systems: {name: (scores (T,), labels (T,))}.
-        path: output PNG.
-        bins: histogram bins.
-    """
+
+def score_histogram_figure(systems: dict[str, tuple], bins: int = 100) -> Figure:
+    """The figure of `plot_score_histograms`, not saved."""
+    from matplotlib.ticker import MaxNLocator
+
+    from sslsv.evaluation.metrics import compute_eer
+
     if not systems:
         raise ValueError("plot_score_histograms needs at least one system")
-    fig = Figure(figsize=(5.0 * len(systems), 3.8), dpi=110)
+    rows, cols = _grid(len(systems))
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=110)
     FigureCanvasAgg(fig)
+    handles = []
     for i, (name, (scores, labels)) in enumerate(systems.items()):
         scores, labels = _numpy(scores).astype(np.float64), _numpy(labels).astype(bool)
         if len(scores) != len(labels):
             raise ValueError(f"{name}: {len(scores)} scores for {len(labels)} labels")
         if not np.isfinite(scores).all():
             raise EvaluationError(f"{name}: {int((~np.isfinite(scores)).sum())} of {len(scores)} scores are NaN/Inf")
-        ax = fig.add_subplot(1, len(systems), i + 1)
-        edges = np.histogram_bin_edges(scores, bins=bins)
-        ax.hist(scores[~labels], bins=edges, density=True, alpha=0.6, label=f"non-target ({(~labels).sum()})")
-        ax.hist(scores[labels], bins=edges, density=True, alpha=0.6, label=f"target ({labels.sum()})")
-        ax.set_title(name, fontsize="medium")
+        ax = fig.add_subplot(rows, cols, i + 1)
+        # At most `bins`, fewer for few trials (about 2 sqrt(T)): 100 bins of 200 trials are mostly empty.
+        edges = np.histogram_bin_edges(scores, bins=int(min(bins, max(10, round(2 * np.sqrt(len(scores)))))))
+        non_target = ax.hist(scores[~labels], bins=edges, density=True, alpha=0.6, color="tab:blue")[2]
+        target = ax.hist(scores[labels], bins=edges, density=True, alpha=0.6, color="tab:orange")[2]
+        handles = [non_target[0] if len(non_target) else None, target[0] if len(target) else None]
+        if labels.any() and (~labels).any():
+            _, threshold = compute_eer(scores, labels)
+            handles.append(ax.axvline(threshold, color="black", linestyle="--", linewidth=1.0))
+        ax.set_title(f"{name}\n{int(labels.sum())} target, {int((~labels).sum())} non-target trials",
+                     fontsize="small")
         ax.set_xlabel("score")
-        ax.legend(fontsize="small")
-    _save(fig, path)
+        ax.set_ylabel("density")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.tick_params(labelsize="small")
+        ax.grid(True, linestyle=":", linewidth=0.5, alpha=0.6)
+    fig.tight_layout()
+    names = ["non-target", "target", "EER threshold"]
+    shown = [(h, n) for h, n in zip(handles, names) if h is not None]
+    # One legend for the grid, above the panels (outside every histogram).
+    fig.legend([h for h, _ in shown], [n for _, n in shown], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+               ncol=len(shown), fontsize="small", frameon=False)
+    return fig
+
+
+def plot_score_histograms(systems: dict[str, tuple], path: str | Path, bins: int = 100) -> None:
+    """Target and non-target score densities, one panel per system in a grid of at most three columns, saved as
+    PNG. Each panel has labelled axes (score, density), at most about five ticks per axis, its trial counts in
+    the title and the EER threshold as a dashed line; one legend above the grid.
+
+    Args:
+        systems: {name: (scores (T,), labels (T,))}.
+        path: output PNG.
+        bins: most histogram bins per panel (fewer for few trials: about 2 sqrt(number of trials)).
+
+    Raises:
+        ValueError: no system, or scores and labels of different lengths.
+        EvaluationError: NaN/Inf scores.
+    """
+    _save(score_histogram_figure(systems, bins), path)
+
+
+_PROJECTION_LEGEND_MAX = 60  # speakers: a longer legend is omitted (the colours still differ)
+
+
+def projection_figure(points: np.ndarray, speakers: Sequence, method: str = "pca",
+                      explained: Sequence[float] | None = None) -> Figure:
+    """Scatter of 2-D points, one (colour, marker) pair per speaker (plots.speaker_styles), legend to the right of
+    the axes. `explained`: PCA's explained variance ratio of the two axes, written in the axis labels."""
+    from sslsv.evaluation.plots import speaker_styles
+
+    points, speakers = np.asarray(points), np.asarray(speakers)
+    chosen = list(dict.fromkeys(speakers.tolist()))
+    fig = Figure(figsize=(7.5, 6.0), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (colour, marker) in zip(chosen, speaker_styles(len(chosen))):
+        mask = speakers == name
+        ax.scatter(points[mask, 0], points[mask, 1], s=14, color=colour, marker=marker, label=str(name),
+                   linewidths=0.3, edgecolors="black", alpha=0.85)
+    axis = {"pca": "PCA component", "tsne": "t-SNE dimension"}.get(method, method)
+    for i, set_label in enumerate((ax.set_xlabel, ax.set_ylabel)):
+        share = f" ({100.0 * explained[i]:.1f} % of variance)" if explained is not None else ""
+        set_label(f"{axis} {i + 1}{share}")
+    ax.set_title(f"{method.upper() if method == 'pca' else 't-SNE'} of {len(points)} embeddings, "
+                 f"{len(chosen)} speakers", fontsize="medium")
+    ax.grid(True, linestyle=":", linewidth=0.5, alpha=0.6)
+    if len(chosen) <= _PROJECTION_LEGEND_MAX:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", markerscale=1.5,
+                  ncol=1 + (len(chosen) - 1) // 25, title="speaker", title_fontsize="small", frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def plot_projection(embeddings, speakers: Sequence, path: str | Path, method: str = "pca",
                     max_speakers: int = 20, seed: int = 0) -> np.ndarray:
-    """2-D PCA or t-SNE of L2-normalised embeddings of the first `max_speakers` speakers, coloured by speaker.
+    """2-D PCA or t-SNE of L2-normalised embeddings of the first `max_speakers` speakers, saved as PNG.
+
+    Every speaker has its own (colour, marker) pair (ten colours, then markers; see plots.speaker_styles), the
+    legend sits to the right of the axes (omitted above 60 speakers) and the axes are labelled (PCA: with the
+    share of variance of each component).
 
     Returns:
         (M, 2) projected points of the plotted embeddings.
@@ -143,10 +217,13 @@ def plot_projection(embeddings, speakers: Sequence, path: str | Path, method: st
     keep = np.isin(speakers, chosen)
     x, speakers = x[keep], speakers[keep]
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    explained = None
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        points = PCA(n_components=2, random_state=seed).fit_transform(x)
+        pca = PCA(n_components=2, random_state=seed)
+        points = pca.fit_transform(x)
+        explained = pca.explained_variance_ratio_
     elif method == "tsne":
         from sklearn.manifold import TSNE
 
@@ -154,16 +231,8 @@ def plot_projection(embeddings, speakers: Sequence, path: str | Path, method: st
                       perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
     else:
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
-    fig = Figure(figsize=(6.0, 6.0), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name in chosen:
-        mask = speakers == name
-        ax.scatter(points[mask, 0], points[mask, 1], s=8, label=str(name))
-    ax.set_title(f"{method.upper()} of {len(x)} embeddings, {len(chosen)} speakers", fontsize="medium")
-    if len(chosen) <= 20:
-        ax.legend(fontsize="x-small", markerscale=2, ncol=2)
-    _save(fig, path)
+    order = np.argsort(np.searchsorted(chosen, speakers), kind="stable")  # legend in speaker order
+    _save(projection_figure(points[order], speakers[order], method, explained), path)
     return points
 
 

@@ -21,6 +21,7 @@ from sslsv.distributed import resolve_device
 from sslsv.evaluation.calibration import make_calibration_trials, train_calibration
 from sslsv.evaluation.evaluate import check_trials, score_trials
 from sslsv.evaluation.metrics import compute_act_dcf, compute_cllr, compute_metrics, compute_min_cllr
+from sslsv.evaluation.plots import run_names, save_figure
 from sslsv.evaluation.scoring import write_scores
 from sslsv.runs import RunError, load_model, load_run_config
 
@@ -30,7 +31,8 @@ __all__ = ["fuse_runs", "plot_score_correlation"]
 def plot_score_correlation(scores: Sequence, names: Sequence[str], path: str | Path) -> np.ndarray:
     """Pearson correlation of the systems' trial scores, saved as a matrix plot; returns the (K, K) matrix.
 
-    Low correlation is what fusion can gain from.
+    Low correlation is what fusion can gain from. `names` label the axes: pass `plots.run_names(runs)` (the
+    last path components that tell the runs apart), not a folder's last name alone.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -45,12 +47,10 @@ def plot_score_correlation(scores: Sequence, names: Sequence[str], path: str | P
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, f"{correlation[i, j]:.2f}", ha="center", va="center")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, label="Pearson correlation")
     ax.set_title("score correlation")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return correlation
 
 
@@ -117,8 +117,7 @@ def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str |
               "act_dcf_001": compute_act_dcf(llr, test.labels, 0.01),
               "runs": runs, "calibration": calibration_model.to_dict()}
     if len(runs) > 1:
-        correlation = plot_score_correlation(test_scores, [Path(r).name for r in runs],
-                                             out / f"{name}_correlation.png")
+        correlation = plot_score_correlation(test_scores, run_names(runs), out / f"{name}_correlation.png")
         result["score_correlation"] = correlation.round(4).tolist()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -81,7 +81,14 @@ def _value(metrics: dict[str, float], name: str) -> float | None:
 # ------------------------------------------------------------------------------------------------------------ plot
 
 
+# metrics.jsonl names written before the trainer used TensorBoard's names everywhere (read_metrics renames them)
+LEGACY_METRIC_NAMES = {"loss": "train/loss", "lr": "train/lr", "samples_per_s": "train/samples_per_s"}
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of run_dir/metrics.jsonl (sslsv.training.loggers), with an interrupted run's lines that its
+    resume trained again left out; older runs' `loss`, `lr` and `samples_per_s` read as `train/loss`, `train/lr`
+    and `train/samples_per_s`, the names the trainer writes now."""
     path = RunLayout(run_dir).metrics
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics log (train the run first)")
@@ -93,6 +100,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{number}: not a JSON record") from None
+        record = {LEGACY_METRIC_NAMES.get(key, key): value for key, value in record.items()}
         step = record.get("step")
         if step is not None and records and step < records[-1].get("step", step):
             # A resumed run starts again after its last checkpoint: the interrupted run's lines from that step on
@@ -102,36 +110,119 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def plot_diagnostics(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
-    """Plot the loss and every `train/*` signal of run_dir/metrics.jsonl over steps, one panel each.
-    Returns the PNG path (default run_dir/diagnostics.png)."""
+def plot_diagnostics(run_dir: str | Path, out_png: str | Path | None = None,
+                     reference_lines: dict[str, list[tuple[float, str]]] | None = None) -> Path:
+    """Plot the loss and every `train/*` signal of run_dir/metrics.jsonl over steps, one labelled panel each, with
+    the run's collapse thresholds as dashed reference lines (run_reference_lines: the trained method's
+    `collapse_rules` and the config's `collapse.thresholds`). Returns the PNG path (default
+    run_dir/diagnostics.png). `reference_lines` ({signal: [(value, label)]}) replaces the run's own lines."""
+    records = read_metrics(run_dir)
+    note = None
+    if reference_lines is None:
+        reference_lines, note = run_reference_lines(run_dir)
+    figure = diagnostics_figure(records, reference_lines, f"{run_dir}/metrics.jsonl", note)
+    out = Path(out_png) if out_png else Path(run_dir) / "diagnostics.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110, bbox_inches="tight", pad_inches=0.1)
+    return out
+
+
+def collapse_reference_lines(rules: Sequence[CollapseRule], thresholds: dict[str, float | None],
+                             entropy_bounds: dict[str, float] | None = None) -> dict[str, list[tuple[float, str]]]:
+    """{signal: [(value, label)]}: where each rule that compares one signal with one value draws its line.
+    `Below` / `Above`: the threshold; `NearMaximum`: ratio x the signal's bound (only when `entropy_bounds` has
+    it). Rules switched off (None) and `Compound` rules (a test over several signals, no single line) draw none."""
+    from sslsv.methods.collapse import Above, Below, NearMaximum
+
+    lines: dict[str, list[tuple[float, str]]] = {}
+    for rule in rules:
+        if isinstance(rule, Below):  # Above too
+            value = thresholds.get(rule.threshold.name)
+            if value is not None:
+                sign = ">" if isinstance(rule, Above) else "<"
+                lines.setdefault(rule.signal, []).append((float(value), f"collapse if {sign} {value:g} "
+                                                          f"({rule.threshold.name})"))
+        elif isinstance(rule, NearMaximum):
+            ratio, bound = thresholds.get(rule.threshold.name), (entropy_bounds or {}).get(rule.signal)
+            if ratio is not None and bound:
+                lines.setdefault(rule.signal, []).append((float(ratio * bound), f"collapse if >= {ratio:g} x max "
+                                                          f"{bound:.3g} (uniform)"))
+    return lines
+
+
+def run_reference_lines(run_dir: str | Path) -> tuple[dict[str, list[tuple[float, str]]], str | None]:
+    """The collapse reference lines of a run (collapse_reference_lines of its method's rules with its config's
+    thresholds; entropy bounds from `entropy_bounds` in training_summary.json when the trainer wrote them), and a
+    note saying why there are none (no or unreadable config.yml, unknown method)."""
+    from sslsv.config import ConfigError
+    from sslsv.registry import METHODS
+    from sslsv.runs import RunError, load_run_config
+
+    layout = RunLayout(run_dir)
+    if not layout.config.is_file():
+        return {}, "no collapse thresholds drawn: no config.yml"
+    try:
+        config = load_run_config(run_dir)
+        rules = METHODS.get(config.method.name).obj.collapse_rules
+        thresholds = resolve_thresholds(rules, config.collapse.thresholds)
+    except (RunError, ConfigError, KeyError, ValueError) as error:
+        return {}, f"no collapse thresholds drawn: {error}"
+    bounds = {}
+    if layout.summary.is_file():
+        try:
+            bounds = json.loads(layout.summary.read_text()).get("entropy_bounds") or {}
+        except (OSError, ValueError, AttributeError):
+            bounds = {}
+    return collapse_reference_lines(rules, thresholds, bounds), None
+
+
+def diagnostics_figure(records: list[dict], reference_lines: dict[str, list[tuple[float, str]]] | None = None,
+                       source: str = "metrics", note: str | None = None):
+    """The figure of plot_diagnostics: a grid (three columns) of one panel per signal, step on x, the signal on y
+    (log scale when it and its reference lines are positive and span more than two decades), reference lines
+    dashed in red with their legend in the panel. Threshold lines of signal `s` go on panel `train/s` (or `s`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    records = read_metrics(run_dir)
+    reference_lines = reference_lines or {}
     names = ["loss"] if any("loss" in r for r in records) else []
     for record in records:
         for key in record:
             if key.startswith("train/") and key not in names:
                 names.append(key)
     if not names:
-        raise ValueError(f"{run_dir}/metrics.jsonl: no loss or train/* signal to plot")
+        raise ValueError(f"{source}: no loss or train/* signal to plot")
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    figure = Figure(figsize=(4.5 * cols, 3.0 * rows))
+    figure = Figure(figsize=(4.5 * cols, 3.2 * rows))
     FigureCanvasAgg(figure)
     for i, name in enumerate(names):
         axis = figure.add_subplot(rows, cols, i + 1)
+        signal = name.removeprefix("train/")
         points = [(r["step"], r[name]) for r in records if name in r and isinstance(r[name], (int, float))]
+        values = []
         if points:
             steps, values = zip(*points)
-            axis.plot(steps, values, linewidth=1.2)
+            axis.plot(steps, values, linewidth=1.2, color="tab:blue")
+        lines = reference_lines.get(signal, [])
+        for value, label in lines:
+            axis.axhline(value, color="tab:red", linestyle="--", linewidth=1.0, label=label,
+                         gid=f"collapse-threshold:{signal}")
+        shown = [v for v in list(values) + [v for v, _ in lines] if math.isfinite(v)]
+        if shown and min(shown) > 0 and max(shown) / min(shown) > 100:
+            axis.set_yscale("log")
+        else:
+            axis.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
+        axis.set_ylabel(signal, fontsize=8)
         axis.tick_params(labelsize=7)
         axis.grid(alpha=0.3)
+        if lines:
+            axis.legend(fontsize=6, loc="best")
+    if note:
+        figure.suptitle(note, fontsize=8, color="dimgray")
     figure.tight_layout()
-    out = Path(out_png) if out_png else Path(run_dir) / "diagnostics.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    return out
+    return figure

@@ -8,6 +8,7 @@ The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recogniti
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,18 +20,18 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from sslsv.audio.augment import AugmentationSources, apply_augmentation
-from sslsv.config import Config, flatten_dict, save_config
+from sslsv.config import VALIDATION_METRICS, Config, ConfigError, flatten_dict, save_config
 from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
 from sslsv.data.manifest import Manifest, ManifestError, check_manifest, deep_check_manifest, read_manifest
 from sslsv.encoders.base import build_speaker_model
@@ -39,8 +40,9 @@ from sslsv.registry import METHODS
 from sslsv import distributed
 from sslsv.distributed import resolve_device
 from sslsv.runs import (RunError, RunLayout, RunLock, atomic_save, average_state_dicts, latest_intact_checkpoint,
-                        load_checkpoint, non_finite_entries, prune, remove_stale_temporaries)
+                        non_finite_entries, prune, read_weights, remove_stale_temporaries, run_weights)
 from sslsv.training.diagnostics import CollapseDetector
+from sslsv.training.loggers import RunLoggers, check_available
 from sslsv.training.schedules import learning_rate
 
 
@@ -161,14 +163,92 @@ Validator = Callable[[torch.nn.Module], dict[str, float]]
 class InitialWeights:
     """Where a fresh run starts from instead of random weights (ignored when the run resumes a checkpoint).
 
-    encoder: a state-dict file of the embedding model (model.pt, model_avg.pt, weights_e*.pt of another run).
+    encoder: a state-dict file of the embedding model (model.pt, model_avg.pt, weights_e*.pt of another run); when
+        given, it replaces `trainer.init_weights`.
     classifier: (C, D) rows for the method's classifier; `classifier_kind` "centroids" (class means, spread over
-    sub-centres) or "classifier" (a previous classifier's weights, copied as they are).
+        sub-centres) or "classifier" (a previous classifier's weights, copied as they are).
+    strict: whether every tensor must match (names and shapes); None: `trainer.init_strict`.
     """
 
     encoder: str | Path | None = None
     classifier: np.ndarray | torch.Tensor | None = None
     classifier_kind: str = "centroids"
+    strict: bool | None = None
+
+
+@dataclass
+class LoadReport:
+    """What `load_encoder_weights` loaded: the number of tensors copied and the names it left alone."""
+
+    source: Path
+    loaded: int
+    total: int  # tensors of the model
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file: left as initialised
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model: ignored
+    mismatched: list[str] = field(default_factory=list)  # "name: (file shape) in the file vs (model shape)"
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        """One line: '40 of 42 tensors loaded; missing (left as initialised): ...; unexpected (ignored): ...'."""
+        parts = [f"{self.loaded} of {self.total} tensors loaded"]
+        for label, names in (("missing (left as initialised)", self.missing), ("unexpected (ignored)", self.unexpected),
+                             ("shape-mismatched (left as initialised)", self.mismatched)):
+            if names:
+                parts.append(f"{label}: {_names(names)}")
+        return "; ".join(parts)
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
+                         what: str = "trainer.init_weights") -> LoadReport:
+    """Copy a weights file's tensors into `model` (an embedding model: encoder and its front-end).
+
+    strict: every tensor of the model is in the file with its shape, and the file holds no other: otherwise a
+        TrainingError (prefixed by `what`) names the missing, unexpected and shape-mismatched tensors, and nothing
+        is loaded. Not strict: the tensors whose name and shape match are loaded, the others left as they are
+        (TrainingError when none matches). A missing or corrupt file is a one-line RunError (sslsv.runs.read_weights).
+    Returns the report of what was loaded."""
+    path = Path(path)
+    state = read_weights(path)
+    expected = model.state_dict()
+    report = LoadReport(path, 0, len(expected))
+    report.missing = [k for k in expected if k not in state]
+    report.unexpected = [k for k in state if k not in expected]
+    report.mismatched = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(v.shape)} in the model"
+                         for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if strict and not report.complete:
+        problems = [f"{label} {_names(names)}" for label, names in (
+            ("missing", report.missing), ("unexpected", report.unexpected),
+            ("shape mismatch:", report.mismatched)) if names]
+        raise TrainingError(f"{what}: {path} does not match the encoder ({'; '.join(problems)}); set "
+                            f"trainer.init_strict: false to load only the tensors that match")
+    matching = {k: t for k, t in state.items() if k in expected and t.shape == expected[k].shape}
+    if not matching:
+        raise TrainingError(f"{what}: no tensor of {path} matches the encoder by name and shape "
+                            f"({len(state)} in the file, {len(expected)} in the model)")
+    model.load_state_dict(matching, strict=False)
+    report.loaded = len(matching)
+    return report
+
+
+def resolve_init_weights(value: str | Path, key: str = "trainer.init_weights") -> Path:
+    """A run directory's weights (sslsv.runs.run_weights: model_avg.pt, else model.pt, else the newest epoch's) or
+    the weights file itself; ConfigError naming `key` when neither exists."""
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key}: {path} does not exist (give a run directory or a weights file)")
+    if path.is_dir():
+        try:
+            return run_weights(path)
+        except RunError as error:
+            raise ConfigError(f"{key}: {error}") from None
+    return path
 
 
 class Trainer:
@@ -184,6 +264,9 @@ class Trainer:
         if config.trainer.validate_every and config.trainer.validation_trials and validate is None:
             raise TrainingError("trainer.validation_trials is set but this trainer was given no validation function "
                                 "(build one with sslsv.evaluation.validation.trial_validator, or use build_trainer)")
+        check_available(config.trainer.loggers)  # a missing wandb/mlflow is refused now, not after the set-up
+        if config.trainer.init_weights and (restart or not self.layout.list_checkpoints()):
+            resolve_init_weights(config.trainer.init_weights)  # checked before the manifest (a resume ignores it)
         self.device = resolve_device(config.trainer.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -235,8 +318,14 @@ class Trainer:
         self.history: list[dict] = []
         self.best: float | None = None
         self.stale_validations = 0
-        # Opened by fit() once the run is locked: a second training into a locked run must write nothing.
-        self.writer: SummaryWriter | None = None
+        # Opened by fit() once the run is locked (a second training into a locked run must write nothing), on rank 0.
+        self.loggers: RunLoggers | None = None
+        self.logger_state: dict = {}  # the trackers' run ids, from the resumed checkpoint
+        # Training time of the run before this process (from the checkpoint) and when this process's fit began.
+        self.elapsed_before = 0.0
+        self.session_start: float | None = None
+        self.last_validation: dict[str, float] = {}  # this epoch's validation metrics, for its summary line
+        self.last_improved = False
         self.preemption = PreemptionWatch()
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -276,6 +365,8 @@ class Trainer:
             "stale_validations": self.stale_validations,
             "collapse": self.collapse.state_dict(),
             "config": self.config.to_dict(),
+            "elapsed_s": self.elapsed(),
+            "loggers": self.loggers.state_dict() if self.loggers is not None else self.logger_state,
         }
 
     def _load_state(self, state: dict) -> None:
@@ -294,6 +385,15 @@ class Trainer:
         self.best = state.get("best")
         self.stale_validations = state.get("stale_validations", 0)
         self.collapse.load_state_dict(state.get("collapse", {}))  # a resumed run keeps its collapse streaks
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.logger_state = dict(state.get("loggers", {}))
+
+    def elapsed(self) -> float:
+        """Seconds of training of the run since its first start, resumes included (the time between the last
+        checkpoint and a kill is lost with the steps it trained)."""
+        if self.session_start is None:
+            return self.elapsed_before
+        return self.elapsed_before + time.monotonic() - self.session_start
 
     def save_checkpoint(self) -> Path:
         """Write the resumable state at the current position (rank 0), refusing a state with NaN/Inf; older
@@ -318,18 +418,36 @@ class Trainer:
         self._load_state(state)
         return path
 
+    def _initial_weights(self) -> InitialWeights | None:
+        """The fresh run's starting point: the one given to the Trainer, with `trainer.init_weights` as its encoder
+        when it names none."""
+        cfg = self.config.trainer
+        initial = self.initial
+        if cfg.init_weights and (initial is None or initial.encoder is None):
+            encoder = resolve_init_weights(cfg.init_weights)
+            initial = InitialWeights(encoder) if initial is None else dataclasses.replace(initial, encoder=encoder)
+        elif cfg.init_weights and self.main:
+            print(f"{self.run_dir}: trainer.init_weights ({cfg.init_weights}) is replaced by {initial.encoder}")
+        return initial
+
     def _apply_initial_weights(self, initial: InitialWeights) -> None:
-        """A fresh run's starting point: the encoder from a weights file, the classifier from given rows."""
+        """A fresh run's starting point: the encoder from a weights file (strict unless `initial.strict` or
+        `trainer.init_strict` say otherwise), the classifier from given rows. A momentum teacher of the encoder
+        (MoCo, BYOL, DINO) starts from the same weights (theta' = theta)."""
         if initial.encoder is not None:
+            strict = self.config.trainer.init_strict if initial.strict is None else initial.strict
+            what = "trainer.init_weights" if self.initial is None or self.initial.encoder is None \
+                else f"cannot initialise {self.run_dir}"
             try:
-                self.method.encoder.load_state_dict(load_checkpoint(initial.encoder), strict=True)
-            except RuntimeError as error:
-                if isinstance(error, RunError):
-                    raise
-                raise TrainingError(f"cannot initialise {self.run_dir} from {initial.encoder}: the encoders differ "
-                                    f"({str(error).splitlines()[0]})") from None
+                report = load_encoder_weights(self.method.encoder, initial.encoder, strict, what)
+            except RunError as error:
+                raise TrainingError(f"{what}: {error}") from None
+            for online, teacher in getattr(self.method, "momentum_pairs", list)():
+                if online is self.method.encoder:
+                    teacher.load_state_dict(online.state_dict())
             if self.main:
-                print(f"{self.run_dir}: initialised the encoder from {initial.encoder}")
+                detail = "" if report.complete and strict else f" ({report.summary()})"
+                print(f"{self.run_dir}: initialised the encoder from {initial.encoder}{detail}")
         if initial.classifier is not None:
             rows = torch.as_tensor(np.asarray(initial.classifier))
             self.method.init_classifier(rows, initial.classifier_kind, seed=self.config.trainer.seed)
@@ -338,9 +456,9 @@ class Trainer:
                 print(f"{self.run_dir}: initialised the classifier from {source} ({len(rows)} rows)")
 
     def _warn_config_changes(self, saved: dict) -> None:
-        current = self.config.to_dict()
-        changed = sorted(k for k in flatten_dict(current).keys() | flatten_dict(saved).keys()
-                         if flatten_dict(current).get(k) != flatten_dict(saved).get(k))
+        current, before = flatten_dict(self.config.to_dict()), flatten_dict(saved)
+        # a key newer than the checkpoint (an older sslsv wrote it) cannot have been changed since
+        changed = sorted(k for k in current.keys() | before.keys() if k in before and current.get(k) != before.get(k))
         if changed and self.main:
             print(f"warning: the config differs from the checkpoint's in: {', '.join(changed)}")
 
@@ -350,37 +468,50 @@ class Trainer:
         """Train (or resume) to the end. One training per run directory (RunLock, held by rank 0); SIGTERM and
         SIGUSR1 save a checkpoint at the next step boundary and raise Preempted."""
         with self._run_lock(), self.preemption:
+            status = "failed"
             try:
-                return self._fit()
+                summary = self._fit()
+                status = "finished"
+                return summary
+            except Preempted:
+                status = "preempted"
+                raise
             finally:
-                if self.writer is not None:
-                    self.writer.close()
+                self._close_loggers(status)
 
     def _fit(self) -> dict:
         cfg = self.config.trainer
+        self.session_start = time.monotonic()
         self._prepare_run_dir()
         resumed = self.resume()
         if resumed and self._finished():
             return self._already_finished()
         if resumed:
             self._say(f"resuming from {resumed} (epoch {self.position.epoch + 1}, step {self.position.step_in_epoch})")
+            if cfg.init_weights:
+                self._say(f"trainer.init_weights ({cfg.init_weights}) is ignored: the run resumes its checkpoint")
             if self.main:
                 self._drop_metrics_after(self.position.global_step)
-        elif self.initial is not None:
-            self._apply_initial_weights(self.initial)
+        else:
+            initial = self._initial_weights()
+            if initial is not None:
+                self._apply_initial_weights(initial)
         if self.main:
             save_config(self.config, self.layout.config)
-            self.writer = SummaryWriter(str(self.layout.tensorboard))
+            self._open_loggers(resumed=resumed is not None)
         stopped_early = False
         while self.position.epoch < cfg.epochs and not stopped_early:
-            self.train_epoch()
+            started = time.monotonic()
+            trained = self.train_epoch()
             epoch = self.position.epoch  # just finished (0-based)
             self.position.epoch += 1
             self.position.step_in_epoch = 0
             self._save_epoch_weights(epoch)
+            self.last_validation = {}
             if cfg.validate_every and cfg.validation_trials and (epoch + 1) % cfg.validate_every == 0:
                 stopped_early = self.validate(epoch)
             checkpoint = self.save_checkpoint()
+            self._say(self._epoch_line(epoch, trained, time.monotonic() - started))
             more = self.position.epoch < cfg.epochs and not stopped_early
             if more and self._any_rank(self.preemption.received is not None):  # a signal during the epoch's end
                 self._stop_preempted(checkpoint)
@@ -404,6 +535,47 @@ class Trainer:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _open_loggers(self, resumed: bool) -> None:
+        """metrics.jsonl and the trackers of `trainer.loggers` (rank 0), started with the config and the names of
+        the metrics a table of runs shows."""
+        cfg = self.config.trainer
+        self.loggers = RunLoggers(self.layout.metrics, self.layout.tensorboard, self.run_dir, cfg.loggers,
+                                  self.logger_state)
+        metrics = ["train/loss"]
+        if cfg.validates and self.validate_fn is not None:
+            metrics += [*VALIDATION_METRICS, f"best/{cfg.tracked_metric}"]
+        self.loggers.start(self.config.to_dict(), metrics, resumed)
+
+    def _close_loggers(self, status: str) -> None:
+        """At the end of fit, however it ends: an error closing a tracker after a failure is only a warning."""
+        if self.loggers is None:
+            return
+        loggers, self.loggers = self.loggers, None
+        try:
+            loggers.close(status)
+        except Exception as error:  # noqa: BLE001
+            if status == "finished":
+                raise
+            print(f"warning: closing the experiment trackers failed: {error}", file=sys.stderr)
+
+    def _epoch_line(self, epoch: int, trained: dict, seconds: float) -> str:
+        """'epoch 3/10  loss 4.1234  lr 9.51e-04  412 samples/s  val EER 31.20 %  minDCF 0.8123  38 s'."""
+        parts = [f"epoch {epoch + 1}/{self.config.trainer.epochs}"]
+        if trained["steps"]:
+            parts += [f"loss {trained['loss']:.4f}", f"lr {trained['lr']:.2e}",
+                      f"{trained['samples_per_s']:.0f} samples/s"]
+        metrics = self.last_validation
+        if "val/eer" in metrics:
+            parts.append(f"val EER {metrics['val/eer']:.2f} %")
+            if "val/min_dcf_001" in metrics:
+                parts.append(f"minDCF {metrics['val/min_dcf_001']:.4f}")
+        else:
+            parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
+        if metrics and self.last_improved:
+            parts[-1] += " (best)"
+        parts.append(_duration(seconds))
+        return "  ".join(parts)
 
     def _prepare_run_dir(self) -> None:
         """Under the lock: --restart's deletions, and the temporaries a killed save left behind."""
@@ -461,7 +633,9 @@ class Trainer:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def train_epoch(self) -> None:
+    def train_epoch(self) -> dict:
+        """Train to the end of the epoch in progress. Returns what this process trained of it: steps, mean loss,
+        the last learning rate and samples/s over the epoch's training time."""
         cfg = self.config.trainer
         epoch = self.position.epoch
         self.sampler.set_epoch(epoch, self.position.step_in_epoch)
@@ -471,13 +645,15 @@ class Trainer:
                    disable=not (self.main and cfg.progress_bar), dynamic_ncols=True, leave=False)
         window: list[float] = []
         metric_sums: dict[str, float] = {}
-        tick = time.perf_counter()
+        tick = start = time.perf_counter()
+        epoch_loss, epoch_steps = 0.0, 0
         for batch in self.loader:
             loss, metrics, preempted = self.train_step(batch)
             self.position.step_in_epoch += 1
             self.position.global_step += 1
             self._watch_collapse(metrics)
             window.append(loss)
+            epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
             bar.update(1)
@@ -488,14 +664,14 @@ class Trainer:
             if log_due or preempted:  # preempted: the steps since the last line are logged, not lost
                 elapsed = time.perf_counter() - tick
                 record = {
-                    "epoch": epoch + 1, "step": self.position.global_step, "loss": sum(window) / len(window),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "samples_per_s": len(window) * self.config.dataset.batch_size / max(elapsed, 1e-9),
+                    "epoch": epoch + 1, "step": self.position.global_step, "train/loss": sum(window) / len(window),
+                    "train/lr": self.optimizer.param_groups[0]["lr"],
+                    "train/samples_per_s": len(window) * self.config.dataset.batch_size / max(elapsed, 1e-9),
                     **{f"train/{k}": v / len(window) for k, v in metric_sums.items()},
                 }
                 self._log(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                rate=f"{record['samples_per_s']:.0f}/s")
+                bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
+                                rate=f"{record['train/samples_per_s']:.0f}/s")
                 window, metric_sums, tick = [], {}, time.perf_counter()
             if preempted:
                 bar.close()
@@ -504,6 +680,10 @@ class Trainer:
                     and self.position.step_in_epoch < self.steps_per_epoch:
                 self.save_checkpoint()
         bar.close()
+        seconds = time.perf_counter() - start
+        return {"steps": epoch_steps, "loss": epoch_loss / max(epoch_steps, 1),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": epoch_steps * self.config.dataset.batch_size / max(seconds, 1e-9)}
 
     def train_step(self, batch: dict) -> tuple[float, dict[str, float], bool]:
         """One optimiser step. Returns the loss and metrics (averaged over ranks) and whether a rank was asked to
@@ -650,14 +830,18 @@ class Trainer:
             print(message, file=file or sys.stdout, flush=True)
 
     def _log(self, record: dict) -> None:
+        """One record to metrics.jsonl and every tracker (rank 0), stamped with the UTC time and the run's
+        training time: {"epoch", "step", "time", "elapsed_s", ...the record's values}."""
         if not self.main:
             return
-        with open(self.layout.metrics, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                name = key if "/" in key else f"train/{key}"
-                self.writer.add_scalar(name, value, record["step"])
+        stamped = {key: record[key] for key in ("epoch", "step") if key in record}
+        stamped["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamped["elapsed_s"] = round(self.elapsed(), 3)
+        stamped.update((key, value) for key, value in record.items() if key not in stamped)
+        if self.loggers is None:  # outside fit(): metrics.jsonl only
+            RunLoggers(self.layout.metrics, self.layout.tensorboard, self.run_dir, []).log(stamped)
+        else:
+            self.loggers.log(stamped)
 
     def _save_epoch_weights(self, epoch: int) -> None:
         path = self.layout.epoch_weights(epoch + 1)
@@ -678,12 +862,6 @@ class Trainer:
             metrics = dict(self.validate_fn(model))
             model.train(was_training)
             self.history.append({"epoch": epoch + 1, **metrics})
-            self._log({"epoch": epoch + 1, "step": self.position.global_step, **metrics})
-            if "val/eer" in metrics and "val/min_dcf_001" in metrics:
-                print(f"epoch {epoch + 1}: validation EER {metrics['val/eer']:.2f} %, "
-                      f"minDCF(0.01) {metrics['val/min_dcf_001']:.4f}")
-            else:
-                print(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             value = metrics.get(cfg.tracked_metric)
             if value is None:
                 raise TrainingError(f"trainer.tracked_metric: '{cfg.tracked_metric}' is not one of {', '.join(metrics)}")
@@ -696,6 +874,10 @@ class Trainer:
                 atomic_save(model.state_dict(), self.layout.model_best)
             else:
                 self.stale_validations += 1
+            # the same names in metrics.jsonl and every tracker; best/<tracked metric> for the hparams table
+            self._log({"epoch": epoch + 1, "step": self.position.global_step, **metrics,
+                       f"best/{cfg.tracked_metric}": self.best})
+            self.last_validation, self.last_improved = metrics, better
             stop = bool(cfg.early_stopping_patience and self.stale_validations >= cfg.early_stopping_patience)
             if stop:
                 print(f"early stopping: {cfg.tracked_metric} has not improved for {self.stale_validations} validations")
@@ -714,10 +896,22 @@ class Trainer:
             if average is not None:
                 atomic_save(average, self.layout.model_average)
             summary = {"epochs": self.position.epoch, "steps": self.position.global_step,
-                       "averaged_epochs": len(files), "stopped_early": stopped_early, "validation": self.history}
+                       "averaged_epochs": len(files), "stopped_early": stopped_early, "validation": self.history,
+                       # the maxima of the method's entropy signals: `sslsv diagnostics` draws its collapse lines
+                       "entropy_bounds": {k: float(v) for k, v in dict(self.method.entropy_bounds).items()}}
             self.layout.summary.write_text(json.dumps(summary, indent=2))
         distributed.barrier()
         return summary
+
+
+def _duration(seconds: float) -> str:
+    """38 s, 12 min 05 s, 3 h 07 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _logged_at_or_before(line: str, step: int) -> bool:

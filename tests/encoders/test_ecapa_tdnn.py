@@ -111,5 +111,5 @@ def test_tiny_ecapa_trains(corpus, tmp_path, method):
     Trainer(config).fit()
     assert (tmp_path / "run/model.pt").exists()
     lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
-    values = [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+    values = [json.loads(line)["train/loss"] for line in lines if "train/loss" in json.loads(line)]
     assert values and all(torch.isfinite(torch.tensor(values)))

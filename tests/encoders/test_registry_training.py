@@ -39,7 +39,7 @@ METHODS = {
 
 def _logged_losses(run_dir: Path) -> list[float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["loss"] for r in records if "loss" in r]
+    return [r["train/loss"] for r in records if "train/loss" in r]
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -221,7 +221,7 @@ def test_tiny_teacher_then_distilled_student_end_to_end(tiny_data, tmp_path):
                          "method.teacher_layers=[1, 2]", *common)
     Trainer(config).fit()
     records = [json.loads(line) for line in (student_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
     model, loaded, _ = load_model(student_dir)  # strict: model.pt is the student alone
     assert loaded.encoder.name == "ssrfnet"

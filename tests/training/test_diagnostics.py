@@ -99,12 +99,13 @@ def test_plot_diagnostics(tmp_path):
 
 
 def test_read_metrics_keeps_the_resumed_runs_lines(tmp_path):
-    # Interrupted after step 4 with a checkpoint at step 2; the resumed run logs steps 3 and 4 again.
+    # Interrupted after step 4 with a checkpoint at step 2; the resumed run logs steps 3 and 4 again. An older run's
+    # names: `loss` reads as `train/loss`.
     lines = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "val/eer": 40.0},
              {"step": 3, "loss": 9.0}, {"step": 4, "loss": 8.0}, {"step": 3, "loss": 3.0}, {"step": 4, "loss": 2.0}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     records = read_metrics(tmp_path)
-    assert [(r["step"], r.get("loss")) for r in records] == [(1, 5.0), (2, 4.0), (2, None), (3, 3.0), (4, 2.0)]
+    assert [(r["step"], r.get("train/loss")) for r in records] == [(1, 5.0), (2, 4.0), (2, None), (3, 3.0), (4, 2.0)]
 
 
 def test_detector_flags_a_teacher_that_sharpens_alike_for_every_sample():

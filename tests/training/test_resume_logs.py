@@ -29,7 +29,7 @@ def tiny_trainer(data: Path, run: Path, **kwargs) -> Trainer:
 
 def losses_by_step(run: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in records]
+    return [(r["step"], r["train/loss"]) for r in records]
 
 
 def snapshot(run: Path) -> dict[str, int]:

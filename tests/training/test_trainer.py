@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):
 
 def losses(run_dir: Path) -> list[float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+    return [json.loads(line)["train/loss"] for line in lines if "train/loss" in json.loads(line)]
 
 
 def test_trains_checkpoints_and_averages(corpus, tmp_path):
