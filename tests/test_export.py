@@ -65,3 +65,80 @@ def test_onnx_export_of_a_gru_pooled_encoder(tmp_path):
     model = build_speaker_model(spec, FeaturesConfig(n_mels=24)).eval()
     path = export_onnx(model, tmp_path / "gru.onnx", 16000, check=False)
     assert verify_onnx(model, path, 16000) <= 1e-4
+
+
+def test_masked_pooling_of_a_padded_row_is_the_pooling_of_the_row_alone():
+    """Every registered pooling: masked_pooling over the first `valid` frames equals the pooling of those frames
+    alone, and of all frames when every frame is valid (tests the masked forms against sslsv.encoders.pooling)."""
+    from sslsv.encoders.pooling import build_pooling
+    from sslsv.export import MASKED_POOLINGS, masked_pooling
+    from sslsv.registry import POOLINGS
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 30)
+    for entry in POOLINGS.entries():
+        pooling = build_pooling(entry.name, 8).eval()
+        assert isinstance(pooling, MASKED_POOLINGS), f"{entry.name}: no masked form in sslsv.export"
+        with torch.no_grad():
+            torch.testing.assert_close(masked_pooling(pooling, x, torch.tensor([30.0, 30.0])), pooling(x),
+                                       atol=1e-5, rtol=1e-5, msg=entry.name)
+            padded = masked_pooling(pooling, x, torch.tensor([30.0, 13.0]))[1]
+            torch.testing.assert_close(padded, pooling(x[1:, :, :13])[0], atol=1e-5, rtol=1e-5, msg=entry.name)
+
+
+def _padded(waves):
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for row, wave in zip(batch, waves):
+        row[: len(wave)] = wave
+    return batch, lengths
+
+
+def test_lengths_make_a_padded_batch_give_each_row_its_own_embedding(tmp_path):
+    """The export wrapper (PyTorch) of ECAPA-TDNN (squeeze-excitation over time, attentive pooling with global
+    context): a row zero-padded into a batch keeps its embedding (cosine > 0.9999); without lengths it does not."""
+    from sslsv.export import _ExportModel
+    from tests.encoders.test_interface import example_model
+
+    model = example_model("ecapa_tdnn")
+    rng = np.random.default_rng(0)
+    waves = [torch.from_numpy((0.1 * rng.standard_normal(n)).astype(np.float32)) for n in (9_000, 21_000, 32_000)]
+    batch, lengths = _padded(waves)
+    wrapped = _ExportModel(model, with_lengths=True, normalize=True).eval()
+    with torch.no_grad():
+        alone = torch.cat([model(w[None]) for w in waves])
+        masked = wrapped(batch, lengths)
+        plain = model(batch)
+        full = wrapped(batch[:, :21_000], torch.tensor([21_000] * 3))
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(alone, masked).min() > 0.9999
+    assert cosine(alone, plain)[0] < 0.99  # what the lengths input fixes
+    torch.testing.assert_close(masked.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(full, torch.nn.functional.normalize(model(batch[:, :21_000]), dim=1), atol=1e-5,
+                               rtol=0)
+
+
+def test_export_command_with_lengths_and_normalize(run_dir, tiny_data, tmp_path, capsys):
+    """`sslsv export --with-lengths --normalize`: inputs waveform + lengths, unit output; in onnxruntime, tiny
+    corpus files padded into one batch keep their own embeddings (cosine > 0.9999)."""
+    import onnxruntime as ort
+    import soundfile as sf
+
+    from sslsv.cli.run_tools import export_main
+    from sslsv.export import padding_cosine
+
+    out = tmp_path / "m.onnx"
+    assert export_main([str(run_dir), "-o", str(out), "--with-lengths", "--normalize"]) == 0
+    printed = capsys.readouterr().out
+    assert "inputs waveform, lengths" in printed and "L2-normalised" in printed and "min cosine" in printed
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("waveform", "tensor(float)"),
+                                                                ("lengths", "tensor(int64)")]
+    assert session.get_modelmeta().custom_metadata_map["normalized"] == "1"
+    model, _, _ = load_model(run_dir)
+    files = sorted((tiny_data / "tiny/wav").rglob("*.wav"))[:4]
+    waves = [sf.read(f, dtype="float32")[0] for f in files]
+    assert padding_cosine(model, out, waves) > 0.9999
+    batch, lengths = _padded([torch.from_numpy(w) for w in waves])
+    got = session.run(None, {"waveform": batch.numpy(), "lengths": lengths.numpy()})[0]
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)

@@ -33,11 +33,11 @@ def test_embed_paths_arrays_tensors_agree(run):
     np.testing.assert_allclose(mixed, from_files[:3], atol=1e-5)
     batch = np.stack([waves[0][:8000], waves[1][:8000]])
     np.testing.assert_allclose(embedder.embed(batch), embedder.embed([batch[0], batch[1]]), atol=1e-6)
-    # reference: the model run one item at a time
+    # reference: the model run one item at a time, which max_trim=0 reproduces (no item is cut to another's length)
     model, _, _ = load_model(run_dir)
     with torch.no_grad():
         single = torch.nn.functional.normalize(model(torch.from_numpy(waves[3])[None]), dim=1).numpy()
-    np.testing.assert_allclose(from_files[3:4], single, atol=1e-5)
+    np.testing.assert_allclose(sslsv.load(run_dir, max_trim=0).embed(files)[3:4], single, atol=1e-5)
     raw = embedder.embed(files[:2], normalize=False)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
 
@@ -138,3 +138,84 @@ def test_embed_and_score_commands_name_bad_files_without_traceback(run, tmp_path
     err = capsys.readouterr().err
     assert f"error: {nan}: 320 of 16000 decoded samples are NaN or Inf" in err and "Traceback" not in err
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_embed_equals_evaluate_pipeline_on_the_trial_files(run):
+    """The API batches as evaluate.py does (the run's evaluation.batch_seconds and max_trim): the embeddings of a
+    trial list's files, and so its scores, are evaluate.py's."""
+    from sslsv.config import load_config
+    from sslsv.evaluation.evaluate import Backends, check_trials, embed_utterances
+    from sslsv.evaluation.scoring import cosine_scores, index_trials
+
+    run_dir, _ = run
+    config = load_config(run_dir / "config.yml")
+    checked = check_trials(config.evaluation.trials[0], config)
+    embedder = sslsv.load(run_dir)
+    assert (embedder.max_trim, embedder.batch_seconds) == (config.evaluation.max_trim, config.evaluation.batch_seconds)
+    model, _, _ = load_model(run_dir)
+    reference = embed_utterances(model, checked.files, config, torch.device("cpu"), Backends(), progress=False)
+    raw = embedder.embed(checked.files, normalize=False)
+    np.testing.assert_allclose(raw, reference.numpy(), atol=1e-5)
+    enroll, test = index_trials(checked.trials.enroll, checked.trials.test, checked.utterances)
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    api = np.sum(unit[enroll] * unit[test], axis=1)
+    np.testing.assert_allclose(api, cosine_scores(reference, enroll, test), atol=1e-5)
+
+
+def test_embed_of_100_files_takes_few_encoder_calls(run, tmp_path):
+    """100 files of 100 different lengths (1.0-1.2 s) are embedded in batches of nearly equal lengths, as the
+    evaluation batches them: one encoder call per planned batch, far fewer than 100."""
+    from sslsv.evaluation.embeddings import plan_batches
+
+    run_dir, _ = run
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation(np.linspace(16000, 19200, 100).astype(int))
+    files = []
+    for i, n in enumerate(lengths):
+        files.append(tmp_path / f"{i:03d}.wav")
+        sf.write(files[-1], (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+    embedder = sslsv.load(run_dir, batch_seconds=60)
+    calls = []
+    hook = embedder.model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        out = embedder.embed(files)
+    finally:
+        hook.remove()
+    planned = plan_batches(lengths, 60 * 16000, embedder.max_trim)
+    assert out.shape == (100, embedder.embed_dim) and sum(calls) == 100
+    assert len(calls) == len(planned) <= 25, calls
+
+
+def test_sample_rate_resamples_waveforms_as_the_reader_does(run, tmp_path):
+    from scipy.signal import resample_poly
+
+    run_dir, data = run
+    embedder = sslsv.load(run_dir, max_trim=0)
+    files = sorted((data / "tiny/wav").rglob("*.wav"))[:3]
+    waves16 = [sf.read(f, dtype="float32")[0] for f in files]
+    waves8 = [resample_poly(w, 1, 2).astype(np.float32) for w in waves16]
+    files8 = []
+    for i, w in enumerate(waves8):
+        files8.append(tmp_path / f"{i}_8k.wav")
+        sf.write(files8[-1], w, 8000, subtype="FLOAT")
+    at_8k = embedder.embed(waves8, sample_rate=8000)
+    # an 8 kHz file goes through the same resampler: same embedding as the 8 kHz array declared at 8 kHz
+    np.testing.assert_allclose(at_8k, embedder.embed(files8), atol=1e-5)
+    # and the content is the original's (tones below 4 kHz survive the round trip)
+    assert (np.sum(at_8k * embedder.embed(waves16), axis=1) > 0.99).all()
+    # undeclared, the 8 kHz samples are taken as 16 kHz ones (backwards compatible, documented): another signal
+    assert not np.allclose(embedder.embed(waves8), at_8k, atol=1e-3)
+    assert embedder.score(waves8[0], files[0], sample_rate=8000) > 0.99
+    with pytest.raises(ValueError, match="sample_rate must be a positive"):
+        embedder.embed(waves8[0], sample_rate=0)
+    with pytest.raises(AudioError, match=r"too short \(at least 800, 0.1 s at 8000 Hz\)"):
+        embedder.embed(np.zeros(700, np.float32), sample_rate=8000)
+
+
+def test_normalize_default_and_raw(run):
+    run_dir, data = run
+    embedder = sslsv.load(run_dir)
+    files = sorted((data / "tiny/wav").rglob("*.wav"))[:3]
+    unit, raw = embedder.embed(files), embedder.embed(files, normalize=False)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
