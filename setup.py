@@ -22,10 +22,13 @@ setup(
         "tensorboard",
         "soundfile",
         "espeakng-loader",  # the espeak-ng engine and voices for the demo corpus
+        "kaldiio",  # Kaldi ark/scp embeddings (sslsv embed, score-trials)
     ],
     extras_require={
         "test": ["pytest"],
         "onnx": ["onnx", "onnxruntime"],
+        "audio": ["av"],  # m4a/aac decoding (an ffmpeg executable on PATH works too)
+        "trackers": ["wandb", "mlflow"],  # trainer.loggers
     },
     entry_points={"console_scripts": ["sslsv=sslsv.cli:main"]},
 )

@@ -5,6 +5,14 @@ has no backend-selection surprises in worker processes. Everything returns float
 requested sample rate; files at another rate are resampled with a polyphase filter (scipy.signal.resample_poly).
 Stereo and multi-channel files are averaged to mono; 8-bit to 32-bit integer, float, FLAC and OGG all load.
 
+Compressed formats (COMPRESSED_SUFFIXES: .mp3, .m4a, .aac, .mp4) are decoded whole, then sliced, because their
+decoders cannot seek sample-accurately: MP3 through libsndfile when it supports MP3 (libsndfile >= 1.1, bundled
+with soundfile >= 0.12), m4a/aac through PyAV (`pip install av`) or else an `ffmpeg` executable on PATH (the
+decoder `sslsv prepare` converts VoxCeleb2 with). Without a decoder, reading such a file raises an AudioError that
+names the file and what to install. The last few decoded files are kept in memory (DECODED_CACHE_FILES), so a
+header check followed by a read decodes once; training on a compressed corpus decodes every crop's whole file, so
+convert large corpora to wav first (`sslsv prepare voxceleb` does).
+
 Every read path (training crops, evaluation, augmentation sources, `sslsv embed` / `score`, the Python API) goes
 through `audio_info` / `read_audio` / `read_crop`, which refuse with an `AudioError` naming the file: a missing
 file, a directory, an unreadable file (permissions, not audio, truncated header), an empty file, a file shorter
@@ -13,8 +21,12 @@ header promised, and NaN/Inf samples in what was decoded. Silence is valid audio
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import shutil
+import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +36,9 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # the audio files sslsv looks for in folders (lower-case suffixes)
+# Read whole through a decoder (module docstring), never searched for in folders.
+COMPRESSED_SUFFIXES = (".mp3", ".m4a", ".aac", ".mp4")
+DECODED_CACHE_FILES = 8  # decoded compressed files kept in memory (per process)
 
 # Shortest file any read path accepts: 10 feature hops. Less is no usable speech (a 1-sample or 50 ms file is a
 # broken cut, not an utterance), and a crop made by repeating it would be a buzz the model learns from.
@@ -55,7 +70,8 @@ class AudioError(RuntimeError):
     Attributes:
         path: the file (None for in-memory waveforms or messages built elsewhere).
         kind: the class of problem, for summaries: "missing", "directory", "permission denied", "empty",
-            "unreadable", "truncated", "too short", "non-finite", or "unusable" (anything else).
+            "unreadable", "truncated", "too short", "non-finite", "no decoder" (a compressed format and nothing
+            installed to decode it), or "unusable" (anything else).
         reason: the message without the file name.
     """
 
@@ -121,6 +137,111 @@ def _wav_declared_frames(path: str) -> int | None:
                 handle.seek(size + (size & 1), os.SEEK_CUR)
 
 
+# ------------------------------------------------------------------------------------------------ compressed
+
+
+def is_compressed(path: str | Path) -> bool:
+    """Whether `path` is read through a whole-file decoder (COMPRESSED_SUFFIXES), not by seeking with soundfile."""
+    return str(path).lower().endswith(COMPRESSED_SUFFIXES)
+
+
+def _libsndfile_reads_mp3() -> bool:
+    return "MP3" in sf.available_formats()
+
+
+def _pyav_available() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _decoder(path: str) -> str:
+    """'soundfile', 'pyav' or 'ffmpeg': what decodes this compressed file here; AudioError when nothing can."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".mp3" and _libsndfile_reads_mp3():
+        return "soundfile"
+    if _pyav_available():
+        return "pyav"
+    if shutil.which("ffmpeg"):
+        return "ffmpeg"
+    mp3 = " or soundfile >= 0.12 (libsndfile >= 1.1 reads MP3)" if suffix == ".mp3" else ""
+    raise _error(path, "no decoder", f"reading {suffix} files needs a decoder: install PyAV (`pip install av`)"
+                                     f"{mp3}, or put an ffmpeg executable on PATH (e.g. `apt-get install ffmpeg`); "
+                                     f"or convert the file to wav or flac first")
+
+
+def _decode_soundfile(path: str) -> tuple[np.ndarray, int]:
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    return data, int(rate)
+
+
+def _decode_pyav(path: str) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the rate of the first audio stream, decoded with PyAV (FFmpeg's libraries)."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp")  # planar float at the stream's own layout and rate
+        chunks, rate = [], int(stream.rate or 0)
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())  # (channels, samples)
+                rate = int(out.sample_rate)
+        chunks += [out.to_ndarray() for out in resampler.resample(None)]
+        # The last AAC frame is padded beyond the stream's end; keep its declared duration, as ffmpeg does.
+        declared = (int(round(float(stream.duration * stream.time_base) * rate))
+                    if stream.duration and stream.time_base and rate else None)
+    if not chunks:
+        return np.zeros((0, 1), np.float32), rate
+    data = np.concatenate(chunks, axis=1).T
+    if declared is not None and 0 < declared < len(data):
+        data = data[:declared]
+    return np.ascontiguousarray(data, dtype=np.float32), rate
+
+
+def _decode_ffmpeg(path: str) -> tuple[np.ndarray, int]:
+    """Decoded with an ffmpeg executable into a temporary float wav (all channels, the file's own rate)."""
+    with tempfile.TemporaryDirectory(prefix="sslsv-decode-") as folder:
+        out = os.path.join(folder, "decoded.wav")
+        result = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i",
+                                 path, "-vn", "-c:a", "pcm_f32le", out], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ValueError(f"ffmpeg: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
+        return _decode_soundfile(out)
+
+
+_DECODERS = {"soundfile": _decode_soundfile, "pyav": _decode_pyav, "ffmpeg": _decode_ffmpeg}
+
+
+@functools.lru_cache(maxsize=DECODED_CACHE_FILES)
+def _decode_cached(path: str, decoder: str, mtime_ns: int, size: int) -> tuple[int, np.ndarray, int]:
+    """(rate, mono float32 samples, channels) of a compressed file; keyed by its mtime and size, read-only."""
+    try:
+        data, rate = _DECODERS[decoder](path)
+    except AudioError:
+        raise
+    except Exception as error:  # each decoder has its own exception classes
+        raise _open_error(path, error) from None
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].copy()
+    mono.setflags(write=False)
+    return rate, mono, int(data.shape[1])
+
+
+def _decoded(path: str) -> tuple[int, np.ndarray, int]:
+    """(rate, mono samples, channels) of a compressed file (module docstring); AudioError naming the file."""
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        raise _open_error(path, error) from None
+    if os.path.isdir(path) or not os.access(path, os.R_OK) or stat.st_size == 0:
+        raise _open_error(path, OSError())
+    return _decode_cached(path, _decoder(path), stat.st_mtime_ns, stat.st_size)
+
+
 def _check_length(path: str, file_rate: int, num_frames: int, min_seconds: float) -> None:
     if num_frames <= 0:
         raise _error(path, "empty", "empty audio file (0 frames)")
@@ -144,6 +265,10 @@ def audio_info(path: str | Path, min_seconds: float = MIN_AUDIO_SECONDS) -> tupl
             short, or a WAV whose data is shorter than its header says.
     """
     path = str(path)
+    if is_compressed(path):
+        file_rate, audio, channels = _decoded(path)
+        _check_length(path, file_rate, len(audio), min_seconds)
+        return file_rate, len(audio), channels
     try:
         info = sf.info(path)
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError... depending on the case
@@ -166,7 +291,8 @@ def _ratio(file_rate: int, sample_rate: int) -> tuple[int, int]:
     return int(sample_rate) // g, int(file_rate) // g
 
 
-def _resample(x: np.ndarray, file_rate: int, sample_rate: int) -> np.ndarray:
+def resample(x: np.ndarray, file_rate: int, sample_rate: int) -> np.ndarray:
+    """(S,) audio at `file_rate` -> `sample_rate` with a polyphase filter (the one resampler of every read path)."""
     if file_rate == sample_rate:
         return x
     up, down = _ratio(file_rate, sample_rate)
@@ -180,6 +306,10 @@ def _read(path: str, start: int = 0, frames: int = -1, num_frames: int | None = 
         num_frames: the header's frame count; a read that delivers fewer frames than the header promised for
             the requested range means the data is shorter than the header (a truncated file).
     """
+    if is_compressed(path):  # decoded whole (cached), then sliced: exact frames whatever the codec
+        samples = _decoded(path)[1]
+        mono = samples[start:] if frames < 0 else samples[start:start + frames]
+        return _finite(path, np.array(mono, dtype=np.float32))
     try:
         data = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)[0]
     except Exception as error:
@@ -189,6 +319,10 @@ def _read(path: str, start: int = 0, frames: int = -1, num_frames: int | None = 
         raise _error(path, "truncated", f"data shorter than its header (the header says {num_frames} frames; "
                                         f"frames {start + len(data)}..{start + wanted} could not be decoded)")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    return _finite(path, mono)
+
+
+def _finite(path: str, mono: np.ndarray) -> np.ndarray:
     if not np.isfinite(mono).all():  # one pass over the decoded samples; NaN would poison every embedding
         bad = int(np.count_nonzero(~np.isfinite(mono)))
         raise _error(path, "non-finite", f"{bad} of {len(mono)} decoded samples are NaN or Inf")
@@ -212,7 +346,7 @@ def read_audio(path: str | Path, sample_rate: int, min_seconds: float = MIN_AUDI
     path = str(path)
     file_rate, num_frames, _ = audio_info(path, min_seconds)
     audio = _read(path, num_frames=num_frames)
-    return np.ascontiguousarray(_resample(audio, file_rate, sample_rate), dtype=np.float32)
+    return np.ascontiguousarray(resample(audio, file_rate, sample_rate), dtype=np.float32)
 
 
 def read_crop(
@@ -256,7 +390,7 @@ def read_crop(
     needed = -(-num_samples * down // up)  # file frames covering the crop: ceil(num_samples * down / up)
 
     if num_frames < needed:  # short file: the whole file, repeated from a random offset
-        audio = _resample(_read(path, num_frames=num_frames), file_rate, sample_rate)
+        audio = resample(_read(path, num_frames=num_frames), file_rate, sample_rate)
         offset = int(rng.integers(len(audio)))
         return np.ascontiguousarray(audio[(offset + np.arange(num_samples)) % len(audio)], dtype=np.float32)
 
@@ -270,7 +404,7 @@ def read_crop(
     periods = min(-(-margin // down), start // down)
     begin = start - periods * down
     end = min(num_frames, start + needed + margin)
-    audio = _resample(_read(path, begin, end - begin, num_frames), file_rate, sample_rate)
+    audio = resample(_read(path, begin, end - begin, num_frames), file_rate, sample_rate)
     offset = periods * up
     return np.ascontiguousarray(audio[offset : offset + num_samples], dtype=np.float32)
 

@@ -21,8 +21,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo-corpus": ("demo_corpus", "main", "build the synthetic espeak-ng demo corpus (VoxCeleb layout)"),
     "prepare": ("data", "prepare_main", "prepare VoxCeleb1/2, MUSAN or RIRs under a data root"),
     "check-manifest": ("data", "check_manifest_main", "check every file of a manifest (missing, unreadable, ...)"),
-    "embed": ("run_tools", "embed_main", "embed audio files with a trained run into a .npy matrix"),
-    "score": ("run_tools", "score_main", "cosine score of two audio files with a trained run"),
+    "embed": ("run_tools", "embed_main", "embed audio files (or a wav.scp) with a trained run: npy, npz or "
+                                         "Kaldi ark/scp"),
+    "score": ("run_tools", "score_main", "cosine score of two audio files with a trained run, and a decision"),
+    "score-trials": ("scoring", "score_trials_main", "cosine scores of a trial list from stored embeddings"),
+    "metrics": ("scoring", "metrics_main", "EER, minDCF, actDCF, Cllr and a DET plot of a score file"),
     "fuse": ("fuse", "main", "calibrate one run's scores or fuse several runs' scores (logistic regression)"),
     "export": ("run_tools", "export_main", "export a run's embedding model to ONNX"),
     "average": ("run_tools", "average_main", "average the weights of a run's last N epochs"),

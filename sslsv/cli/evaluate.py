@@ -10,7 +10,8 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Evaluate a trained run on trial lists.",
         epilog=f"Example: {prog} models/simclr/fast_resnet34 --trials vox1_O --norm asnorm --crops 10 "
-               "--crop-seconds 4 --compare models/dino/ecapa")
+               "--crop-seconds 4 --compare models/dino/ecapa; "
+               f"{prog} models/simclr/fast_resnet34 --trials vox1_O --plda --plda-lda-dim 200")
     parser.add_argument("run", nargs="?", help="run directory (default: the most recent run under models/)")
     parser.add_argument("--trials", nargs="+",
                         help="trial-set names (vox1_O vox1_E vox1_H demo) or trial files (relative to the data root)")
@@ -39,6 +40,16 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
                          help="score with N evenly spaced crops per utterance (mean of the N x N cosine matrix) "
                               "instead of full-length embeddings")
     backend.add_argument("--crop-seconds", type=float, metavar="L", help="crop length in seconds (default 3)")
+    backend.add_argument("--plda", action="store_true",
+                         help="add a two-covariance PLDA back-end trained on the run's training manifest (uses its "
+                              "speaker labels: not a pure SSL result; see --plda-manifest)")
+    backend.add_argument("--plda-lda-dim", type=int, metavar="N",
+                         help="LDA to N dimensions before the PLDA (at most training speakers - 1; default: no LDA)")
+    backend.add_argument("--plda-manifest", metavar="CSV",
+                         help="train the PLDA on this manifest's labels instead, e.g. a pseudo-label manifest "
+                              "(RUN/pseudo_labels/train.csv); absolute or relative to the data root")
+    backend.add_argument("--plda-iterations", type=int, default=10, metavar="K",
+                         help="EM iterations of the PLDA training (default 10)")
     parser.add_argument("--compare", nargs="+", metavar="RUN",
                         help="other runs scored the same way: one DET figure det_<trials>_compare.png, a row each")
     return parser
@@ -50,6 +61,8 @@ def main(argv: list[str] | None = None, prog: str = "sslsv evaluate") -> int:
     args = parser.parse_args(argv)
     if args.crop_seconds is not None and args.crops is None:
         parser.error("--crop-seconds needs --crops N")
+    if not args.plda and (args.plda_lda_dim is not None or args.plda_manifest is not None):
+        parser.error("--plda-lda-dim and --plda-manifest need --plda")
 
     def run() -> None:
         from sslsv.evaluation.evaluate import Backends, evaluate_run
@@ -57,7 +70,9 @@ def main(argv: list[str] | None = None, prog: str = "sslsv evaluate") -> int:
 
         backends = Backends(norms=tuple(args.norm), cohort_size=args.cohort_size or None, top_n=args.top_n,
                             cohort_labels=args.cohort_labels, cohort_seed=args.cohort_seed, crops=args.crops,
-                            crop_seconds=args.crop_seconds if args.crop_seconds is not None else 3.0)
+                            crop_seconds=args.crop_seconds if args.crop_seconds is not None else 3.0,
+                            plda=args.plda, plda_lda_dim=args.plda_lda_dim, plda_manifest=args.plda_manifest,
+                            plda_iterations=args.plda_iterations)
         run_dir = args.run or latest_run()
         print(f"evaluating {run_dir}")
         evaluate_run(run_dir, args.trials, use_average=False if args.last else None, device=args.device,

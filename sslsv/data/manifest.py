@@ -444,14 +444,7 @@ def import_kaldi(wav_scp: str | Path, utt2spk: str | Path, out_csv: str | Path, 
         speakers[parts[0]] = parts[1]
     root = Path(data_root).resolve()
     files, spk = [], []
-    for number, line in _lines(wav_scp):
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2:
-            raise ManifestError(f"{wav_scp}: line {number}: expected 'uttid path', got {line!r}")
-        utt, location = parts[0], parts[1].strip()
-        if location.endswith("|") or " | " in location:
-            raise ManifestError(f"{wav_scp}: line {number}: piped command not supported ({location!r}); "
-                                f"write the audio to files first (e.g. with Kaldi's wav-copy or sox)")
+    for number, utt, location in _wav_scp_entries(wav_scp):
         if utt not in speakers:
             raise ManifestError(f"{wav_scp}: line {number}: utterance '{utt}' has no speaker in {utt2spk}")
         absolute = Path(location).resolve()
@@ -466,6 +459,46 @@ def import_kaldi(wav_scp: str | Path, utt2spk: str | Path, out_csv: str | Path, 
     manifest = Manifest(files, spk, [session_of(f) for f in files], None, str(out_csv))
     write_manifest(manifest, out_csv)
     return manifest
+
+
+def read_wav_scp(wav_scp: str | Path) -> tuple[list[str], list[str]]:
+    """Utterance ids and audio paths of a Kaldi wav.scp ("uttid path" lines), in file order.
+
+    Paths are returned as written (relative ones are relative to the current directory, Kaldi's convention: the
+    recipe folder). Piped commands ("sox ... |") and archive offsets ("foo.ark:123") are refused: sslsv reads
+    audio files directly, so convert them first.
+
+    Raises:
+        ManifestError: missing file, malformed or piped line, repeated utterance id, no utterance.
+    """
+    ids: list[str] = []
+    paths: list[str] = []
+    seen: dict[str, int] = {}
+    for number, utt, location in _wav_scp_entries(wav_scp):
+        if utt in seen:
+            raise ManifestError(f"{wav_scp}: line {number}: utterance id '{utt}' already on line {seen[utt]}")
+        seen[utt] = number
+        ids.append(utt)
+        paths.append(location)
+    if not ids:
+        raise ManifestError(f"{wav_scp}: no utterances")
+    return ids, paths
+
+
+def _wav_scp_entries(wav_scp: str | Path):
+    """(line number, utterance id, path) of each line of a wav.scp; ManifestError for malformed or piped lines."""
+    for number, line in _lines(wav_scp):
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise ManifestError(f"{wav_scp}: line {number}: expected 'uttid path', got {line!r}")
+        utt, location = parts[0], parts[1].strip()
+        if location.endswith("|") or " | " in location:
+            raise ManifestError(f"{wav_scp}: line {number}: piped command not supported ({location!r}); "
+                                f"write the audio to files first (e.g. with Kaldi's wav-copy or sox)")
+        if not os.path.exists(location) and ".ark:" in location:
+            raise ManifestError(f"{wav_scp}: line {number}: archive offset not supported ({location!r}); "
+                                f"write the audio to files first (e.g. with Kaldi's wav-copy)")
+        yield number, utt, location
 
 
 def _lines(path: str | Path):

@@ -1,9 +1,10 @@
 """Evaluate a run: embeddings (full length or multi-crop), cosine scores, optional cohort score normalisation
-(Z/T/S/AS-norm), EER / minDCF / actDCF / Cllr, score files, results.json, DET plots and score histograms.
+(Z/T/S/AS-norm), an optional PLDA back-end (sslsv.evaluation.plda), EER / minDCF / actDCF / Cllr, score files,
+results.json, DET plots and score histograms.
 
 `score_backends` is the one trial-scoring pipeline (embed the utterances of a trial list, full length or
-multi-crop; cosine scores; optional cohort normalisations). `score_trials` (plain cosine: validation, fusion,
-fine-tuning), `evaluate_model` and `evaluate_run` are expressed through it.
+multi-crop; cosine scores; optional cohort normalisations; optional PLDA log-likelihood ratios). `score_trials`
+(plain cosine: validation, fusion, fine-tuning), `evaluate_model` and `evaluate_run` are expressed through it.
 
 Every trial list is checked by `check_trials` before any embedding is computed (and, in `evaluate_run`, before
 any model is loaded): both target and non-target trials, and the audio file of every utterance present (see
@@ -20,7 +21,7 @@ import torch
 
 from sslsv.config import Config
 from sslsv.audio.io import check_audio_files
-from sslsv.data.manifest import read_manifest
+from sslsv.data.manifest import Manifest, read_manifest
 from sslsv.data.trials import Trials, check_trial_labels, locate_trial_audio, resolve_trials
 from sslsv.evaluation.analysis import plot_score_histograms
 from sslsv.evaluation.embeddings import Crops, extract_embeddings
@@ -28,6 +29,7 @@ from sslsv.evaluation.metrics import (VerificationMetrics, compute_act_dcf, comp
                                       compute_min_cllr)
 from sslsv.evaluation.multicrop import multicrop_scores
 from sslsv.evaluation.normalization import build_cohort, normalize_scores
+from sslsv.evaluation.plda import PLDA, PLDAError
 from sslsv.evaluation.plots import plot_det
 from sslsv.evaluation.scoring import cosine_scores, index_trials, write_scores
 from sslsv.distributed import resolve_device
@@ -119,6 +121,12 @@ class Backends:
         cohort_seed: seed of the cohort draw.
         crops: N crops per utterance (multi-crop scoring) instead of full-length embeddings; None = full length.
         crop_seconds: L, the length of a crop.
+        plda: add a PLDA back-end (sslsv.evaluation.plda), trained on the embeddings of a labelled manifest.
+        plda_lda_dim: LDA to this many dimensions before the PLDA; None = no LDA.
+        plda_manifest: manifest whose Speaker column labels the PLDA training utterances (absolute, or relative
+            to the data root; its files relative to the data root), e.g. a pseudo-label manifest; None = the
+            run's dataset.manifest, whose speaker labels are supervision.
+        plda_iterations: EM iterations of the PLDA training.
     """
 
     norms: tuple[str, ...] = ()
@@ -128,6 +136,10 @@ class Backends:
     cohort_seed: int = 0
     crops: int | None = None
     crop_seconds: float = 3.0
+    plda: bool = False
+    plda_lda_dim: int | None = None
+    plda_manifest: str | None = None
+    plda_iterations: int = 10
 
     def __post_init__(self) -> None:
         norms = tuple(n for n in (self.norms or ()) if n != "none")
@@ -141,14 +153,24 @@ class Backends:
             raise RunError(f"--top-n must be >= 1, got {self.top_n}")
         if self.cohort_size is not None and self.cohort_size < 0:
             raise RunError(f"--cohort-size must be >= 0, got {self.cohort_size}")
+        if self.plda_lda_dim is not None and self.plda_lda_dim < 1:
+            raise RunError(f"--plda-lda-dim must be >= 1, got {self.plda_lda_dim}")
+        if self.plda_iterations < 1:
+            raise RunError(f"--plda-iterations must be >= 1, got {self.plda_iterations}")
 
     @property
     def base(self) -> str:
         """Name of the un-normalised back-end: cosine (full length) or crops<N>x<L>s."""
         return "cosine" if self.crops is None else f"crops{self.crops}x{self.crop_seconds:g}s"
 
+    @property
+    def plda_name(self) -> str:
+        """Name of the PLDA back-end: plda (full length) or crops<N>x<L>s_plda."""
+        return "plda" if self.crops is None else f"{self.base}_plda"
+
     def names(self) -> list[str]:
-        return [self.base] + [n if self.crops is None else f"{self.base}_{n}" for n in self.norms]
+        return ([self.base] + [n if self.crops is None else f"{self.base}_{n}" for n in self.norms]
+                + ([self.plda_name] if self.plda else []))
 
 
 def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, device: torch.device,
@@ -166,14 +188,41 @@ def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, d
         model.train(was_training)
 
 
+class TrainingEmbeddings:
+    """Embeddings of training utterances under one model, each file embedded at most once: the cohort of the score
+    normalisations and the PLDA training set (a cohort is usually a subset of the PLDA manifest) share them.
+
+    Called with a list of files, returns their embeddings in that order ((F, D), or (F, N, D) with crops),
+    embedding only the files not seen before (in one extract_embeddings call, so batched by length among
+    themselves).
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Config, device: torch.device, backends: Backends,
+                 progress: bool = True):
+        self.model, self.config, self.device, self.backends, self.progress = model, config, device, backends, progress
+        self.rows: dict[str, int] = {}
+        self.parts: list[torch.Tensor] = []
+
+    def __call__(self, files: list[str]) -> torch.Tensor:
+        new = [f for f in dict.fromkeys(files) if f not in self.rows]
+        if new:
+            self.parts = [torch.cat(self.parts + [embed_utterances(self.model, new, self.config, self.device,
+                                                                   self.backends, self.progress)])]
+            offset = len(self.rows)
+            self.rows.update({f: offset + i for i, f in enumerate(new)})
+        return self.parts[0][torch.as_tensor([self.rows[f] for f in files], dtype=torch.int64)]
+
+
 def build_run_cohort(model: torch.nn.Module, config: Config, device: torch.device, backends: Backends,
-                     progress: bool = True) -> tuple[torch.Tensor, dict]:
+                     progress: bool = True,
+                     embed: Callable[[list[str]], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """Cohort of a run from its training manifest: (C, D) unit rows and a description for results.json.
 
     `cohort_size` utterances are drawn at random (seeded); each is embedded like the test utterances (full length,
-    or N crops averaged). One row per utterance, so no speaker label is used, unless `cohort_labels` asks for
-    per-speaker averaging.
+    or N crops averaged), through `embed` when given (a TrainingEmbeddings shared with the PLDA). One row per
+    utterance, so no speaker label is used, unless `cohort_labels` asks for per-speaker averaging.
     """
+    embed = embed or TrainingEmbeddings(model, config, device, backends, progress)
     root = Path(config.dataset.data_root)
     manifest_path = root / config.dataset.manifest
     manifest = read_manifest(manifest_path)
@@ -181,7 +230,7 @@ def build_run_cohort(model: torch.nn.Module, config: Config, device: torch.devic
     if backends.cohort_size and backends.cohort_size < total:
         rng = np.random.default_rng(backends.cohort_seed)
         manifest = manifest.subset(np.sort(rng.choice(total, backends.cohort_size, replace=False)))
-    embeddings = embed_utterances(model, [str(root / f) for f in manifest.files], config, device, backends, progress)
+    embeddings = embed([str(root / f) for f in manifest.files])
     labels = manifest.speakers if backends.cohort_labels else None
     cohort = build_cohort(embeddings, labels)
     if labels is None:
@@ -196,20 +245,69 @@ def build_run_cohort(model: torch.nn.Module, config: Config, device: torch.devic
     return cohort, description
 
 
+def plda_training_manifest(config: Config, backends: Backends) -> tuple[Manifest, Path]:
+    """(manifest, its path) the PLDA is trained on: backends.plda_manifest (absolute, or relative to the data
+    root) or the run's dataset.manifest; checked to have enough speakers for the PLDA and the LDA dimension.
+
+    Raises:
+        ManifestError: a missing or malformed manifest.
+        RunError: fewer than 2 speakers, no speaker with 2 utterances, an LDA dimension above speakers - 1.
+    """
+    root = Path(config.dataset.data_root)
+    path = Path(backends.plda_manifest) if backends.plda_manifest else Path(config.dataset.manifest)
+    path = path if path.is_absolute() else root / path
+    manifest = read_manifest(path)
+    counts = np.unique(np.asarray(manifest.speakers), return_counts=True)[1]
+    if len(counts) < 2 or counts.max() < 2:
+        raise RunError(f"{path}: PLDA training needs at least 2 speakers and a speaker with 2 utterances, got "
+                       f"{len(counts)} speaker(s), at most {counts.max()} utterance(s) each")
+    if backends.plda_lda_dim is not None and backends.plda_lda_dim > len(counts) - 1:
+        raise RunError(f"--plda-lda-dim {backends.plda_lda_dim} is more than the {len(counts) - 1} (speakers - 1) "
+                       f"that {path} allows")
+    return manifest, path
+
+
+def build_run_plda(model: torch.nn.Module, config: Config, device: torch.device, backends: Backends,
+                   progress: bool = True,
+                   embed: Callable[[list[str]], torch.Tensor] | None = None) -> tuple[PLDA, dict]:
+    """PLDA of a run (plda_training_manifest: every utterance, embedded like the test utterances, through `embed`
+    when given) and a description for results.json. The labels are the manifest's Speaker column: speaker
+    labels (supervision) for the training manifest, cluster ids for a pseudo-label manifest."""
+    embed = embed or TrainingEmbeddings(model, config, device, backends, progress)
+    manifest, path = plda_training_manifest(config, backends)
+    root = Path(config.dataset.data_root)
+    embeddings = embed([str(root / f) for f in manifest.files])
+    try:
+        plda = PLDA.train(embeddings, manifest.speakers, backends.plda_lda_dim, backends.plda_iterations)
+    except PLDAError as error:
+        raise RunError(f"{path}: {error}") from None
+    labels = ("labels of --plda-manifest: self-supervised only if they are pseudo-labels" if backends.plda_manifest
+              else "USES the speaker labels of the training manifest: not a purely self-supervised result")
+    lda = f"LDA to {backends.plda_lda_dim}, " if backends.plda_lda_dim else ""
+    print(f"PLDA: {plda.utterances} utterances of {plda.speakers} speakers of {path} ({labels}), {lda}"
+          f"PLDA dimension {plda.dim}")
+    description = {"plda_manifest": str(path), "plda_utterances": plda.utterances, "plda_speakers": plda.speakers,
+                   "plda_lda_dim": backends.plda_lda_dim, "plda_dim": plda.dim,
+                   "plda_iterations": backends.plda_iterations}
+    return plda, description
+
+
 def score_backends(model: torch.nn.Module, trials: TrialsArg, config: Config, device: torch.device,
                    backends: Backends | None = None, cohort: Callable[[], tuple[torch.Tensor, dict]] | None = None,
-                   *, audio_dir: str | Path | None = None,
+                   plda: Callable[[], tuple[PLDA, dict]] | None = None, *, audio_dir: str | Path | None = None,
                    progress: bool = True) -> tuple[Trials, dict[str, np.ndarray], dict[str, dict]]:
     """The trial-scoring pipeline: scores of one trial list under every back-end.
 
     Embeds each utterance of the list once (full length, or backends.crops crops), scores every trial by cosine
-    (for crops, the mean N x N crop cosine), then adds one normalised back-end per backends.norms.
+    (for crops, the mean N x N crop cosine), then adds one normalised back-end per backends.norms and, with
+    backends.plda, the PLDA log-likelihood ratios (for crops, of each utterance's mean normalised crop).
 
     Args:
         trials: a trial-set name or trial-file path (resolved under config.dataset.data_root), a Trials object
             (then `audio_dir` is required) or a CheckedTrials; checked by check_trials before any embedding.
         backends: how to score (default: plain full-length cosine only).
         cohort: returns (cohort, description); only called when a normalisation is asked for.
+        plda: returns (PLDA, description) (build_run_plda); only called when backends.plda is set.
         audio_dir: folder the trial utterances are relative to (overrides the trial set's folder).
 
     Returns:
@@ -237,6 +335,12 @@ def score_backends(model: torch.nn.Module, trials: TrialsArg, config: Config, de
             top_n = min(backends.top_n, int(matrix.shape[0])) if method == "as" else None
             scores[name] = normalize_scores(embeddings, enroll, test, matrix, method, top_n, scores=scores[base])
             info[name] = {**info[base], "norm": norm, **({"top_n": top_n} if top_n else {}), **description}
+    if backends.plda:
+        if plda is None:
+            raise RunError("the PLDA back-end needs training embeddings")
+        trained, description = plda()
+        scores[backends.plda_name] = trained.score(embeddings, enroll, test)
+        info[backends.plda_name] = {**info[base], **description}
     return trials, scores, info
 
 
@@ -262,6 +366,8 @@ class _RunEvaluation:
         self.audio_root = audio_root
         self.models: dict[tuple[str, bool], tuple] = {}
         self.cohorts: dict[tuple[str, bool], tuple[torch.Tensor, dict]] = {}
+        self.pldas: dict[tuple[str, bool], tuple[PLDA, dict]] = {}
+        self.training: dict[tuple[str, bool], TrainingEmbeddings] = {}
         self.checked: dict[tuple[str, str], CheckedTrials] = {}
         self.table: list[tuple] = []
 
@@ -278,14 +384,28 @@ class _RunEvaluation:
         if key not in self.models:
             self.models[key] = load_model(run, self.average, self.device, random_weights, self.best)
         model, config, source = self.models[key]
+        if key not in self.training:  # the cohort and the PLDA embed each training file once between them
+            self.training[key] = TrainingEmbeddings(model, config, self.device, self.backends, self.progress)
 
         def cohort() -> tuple[torch.Tensor, dict]:
             if key not in self.cohorts:
-                self.cohorts[key] = build_run_cohort(model, config, self.device, self.backends, self.progress)
+                if self.backends.plda:
+                    # The PLDA's files first, all in one extraction: a file's embedding depends slightly on the
+                    # files batched with it (evaluation.max_trim), so this keeps the PLDA the same with or
+                    # without --norm; the cohort then reuses those rows.
+                    plda()
+                self.cohorts[key] = build_run_cohort(model, config, self.device, self.backends, self.progress,
+                                                     self.training[key])
             return self.cohorts[key]
 
+        def plda() -> tuple[PLDA, dict]:
+            if key not in self.pldas:
+                self.pldas[key] = build_run_plda(model, config, self.device, self.backends, self.progress,
+                                                 self.training[key])
+            return self.pldas[key]
+
         trials, scores, info = score_backends(model, self.trials(name, config), config, self.device, self.backends,
-                                              cohort, progress=self.progress)
+                                              cohort, plda, progress=self.progress)
         return trials, scores, info, source
 
 
@@ -313,7 +433,7 @@ def _score_run_systems(state: _RunEvaluation, run_dir: Path, name: str, systems:
         metrics = _record(run_dir, name, "_random" if random_weights else "", trials, scores, info, source, results)
         for backend, values in scores.items():
             system = label if backend == "cosine" else f"{label}, {backend}"
-            curves[f"{run_dir.name} ({system})"] = (values, trials.labels)
+            curves[f"{run_label(run_dir)} ({system})"] = (values, trials.labels)
             histograms[system] = (values, trials.labels)
             state.table.append((name, run_label(run_dir), label, backend, metrics[backend]))
             if not random_weights:
@@ -340,7 +460,7 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     """Evaluate a run on each trial list and write its outputs; returns the updated results.json content.
 
     Writes, per trial list <t> (file-name-safe, see slug) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
-    crops<N>x<L>s_asnorm; see Backends): scores/<t>[_random][_<b>].score, results.json keys
+    crops<N>x<L>s_asnorm, plda; see Backends): scores/<t>[_random][_<b>].score, results.json keys
     test/<t>[_random][/<b>] (plain full-length cosine: test/<t> and scores/<t>.score, without a back-end
     suffix), det_<t>.png (every system and back-end), hist_<t>.png (target / non-target score histograms) and,
     with `compare`, det_<t>_compare.png with this run's and the other runs' curves. The other runs are scored
@@ -363,6 +483,8 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     for run_config in [config, *(load_run_config(other) for other in others)]:  # fail before any model work
         for name in names:
             state.trials(name, run_config)
+        if state.backends.plda:
+            plda_training_manifest(run_config, state.backends)
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in names:
