@@ -184,3 +184,13 @@ def test_pseudo_label(run, tmp_path, capsys):
                  "--device", "cpu", "-o", str(out)]) == 0, capsys.readouterr().err
     assert (out / "train.csv").is_file() and "nmi" in json.loads((out / "summary.json").read_text())
     assert "pseudo-labelled manifest" in capsys.readouterr().out
+
+
+def test_pseudo_label_refuses_more_clusters_than_utterances_before_extraction(run, tmp_path, capsys, monkeypatch):
+    import sslsv.pseudo_labels.multistage as multistage
+
+    run_dir, _ = run
+    monkeypatch.setattr(multistage, "extract_run", lambda *a, **k: pytest.fail("extracted before the check"))
+    assert main(["pseudo-label", str(run_dir), "-o", str(tmp_path / "labels")]) == 2  # default 50 000 clusters
+    error = capsys.readouterr().err
+    assert "cannot make 50000 k-means clusters" in error and "Traceback" not in error

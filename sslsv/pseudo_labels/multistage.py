@@ -196,6 +196,9 @@ def pseudo_label_run(run_dir: str | Path, output: str | Path | None = None, mani
     rows = read_manifest(Path(data_root) / (manifest or config.dataset.manifest))
     out = Path(output) if output else Path(run_dir) / "pseudo_labels"
     clustering, filtering = clustering or ClusteringConfig(), filtering or FilteringConfig()
+    if clustering.kmeans_clusters > len(rows):  # checked before the (long) extraction, not after it
+        raise ConfigError(f"{rows.path}: {len(rows)} utterances cannot make {clustering.kmeans_clusters} k-means "
+                          f"clusters; pass fewer (--kmeans N, and --ahc M <= N)")
     x = extract_run(run_dir, rows, data_root, out / "embeddings", extraction or ExtractionConfig())
     if not distributed.is_main():
         return {}, out, data_root
