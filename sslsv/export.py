@@ -478,6 +478,6 @@ def last_epoch_weights(run_dir: str | Path, last: int) -> list[Path]:
     """
     found = RunLayout(run_dir).list_epoch_weights()
     if len(found) < last:
-        raise ExportError(f"{run_dir}/checkpoints has {len(found)} weights_e*.pt file(s), fewer than --last {last} "
+        raise ExportError(f"{run_dir}/checkpoints has {len(found)} weights_e*.pt file(s), fewer than --epochs {last} "
                           f"(the trainer keeps trainer.average_last of them)")
     return found[-last:]

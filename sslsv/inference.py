@@ -159,8 +159,8 @@ class SpeakerEmbedder:
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", use_average: bool = True,
-         batch_seconds: float | None = None, max_trim: float | None = None) -> SpeakerEmbedder:
-    """Load a run directory's model (averaged weights when present and `use_average`).
+         batch_seconds: float | None = None, max_trim: float | None = None, best: bool = False) -> SpeakerEmbedder:
+    """Load a run directory's model (averaged weights when present and `use_average`; model_best.pt with `best`).
 
     Args:
         batch_seconds, max_trim: batching (SpeakerEmbedder); None: the run's `evaluation.batch_seconds` and
@@ -170,7 +170,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", use_average: b
         RunError: not a run directory, or no weights.
     """
     torch_device = resolve_device(str(device)) if isinstance(device, str) else torch.device(device)
-    model, config, source = load_model(run_dir, use_average, torch_device)
+    model, config, source = load_model(run_dir, use_average, torch_device, best=best)
     return SpeakerEmbedder(model, config.features.sample_rate, torch_device,
                            batch_seconds or config.evaluation.batch_seconds, source,
                            config.evaluation.max_trim if max_trim is None else max_trim)

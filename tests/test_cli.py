@@ -150,10 +150,10 @@ def test_export_and_average(run, tmp_path, capsys):
     run_dir, _ = run
     assert export_main([str(run_dir), "-o", str(tmp_path / "m.onnx")]) == 0
     assert "max |diff|" in capsys.readouterr().out and (tmp_path / "m.onnx").stat().st_size > 10_000
-    assert average_main([str(run_dir), "--last", "2", "-o", str(tmp_path / "avg.pt")]) == 0
+    assert average_main([str(run_dir), "--epochs", "2", "-o", str(tmp_path / "avg.pt")]) == 0
     assert (tmp_path / "avg.pt").is_file()
     assert average_main([str(run_dir), "--last", "50"]) == 2
-    assert "fewer than --last 50" in capsys.readouterr().err
+    assert "fewer than --epochs 50" in capsys.readouterr().err
 
 
 def test_fuse(run, tmp_path, capsys):
@@ -194,3 +194,17 @@ def test_pseudo_label_refuses_more_clusters_than_utterances_before_extraction(ru
     assert main(["pseudo-label", str(run_dir), "-o", str(tmp_path / "labels")]) == 2  # default 50 000 clusters
     error = capsys.readouterr().err
     assert "cannot make 50000 k-means clusters" in error and "Traceback" not in error
+
+
+def test_weights_option_is_one_spelling_with_the_old_flags_still_parsed():
+    import argparse
+
+    from sslsv.cli.options import add_weights_option, weights_choice
+
+    parser = argparse.ArgumentParser()
+    add_weights_option(parser)
+    assert weights_choice(parser.parse_args([])) == (True, False)
+    assert weights_choice(parser.parse_args(["--weights", "last"])) == (False, False)
+    assert weights_choice(parser.parse_args(["--weights", "best"])) == (True, True)
+    assert weights_choice(parser.parse_args(["--last"])) == (False, False)  # older spelling, hidden from -h
+    assert "--last" not in parser.format_help() and "--weights" in parser.format_help()

@@ -48,7 +48,7 @@ def test_average_checkpoints(run_dir, tmp_path):
     a, b, avg = load_checkpoint(paths[0]), load_checkpoint(paths[1]), load_checkpoint(out)
     key = next(k for k, v in avg.items() if torch.is_floating_point(v))
     torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
-    with pytest.raises(ExportError, match="fewer than --last 5"):
+    with pytest.raises(ExportError, match="fewer than --epochs 5"):
         last_epoch_weights(run_dir, 5)
     with pytest.raises(ExportError, match="not found: .*nope.pt"):
         average_checkpoints([tmp_path / "nope.pt"], tmp_path / "x.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sslsv.cli.errors import run_command
+from sslsv.cli.options import add_weights_option, weights_choice
 
 
 def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
@@ -19,10 +20,7 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
                         help="folder the utterance paths of the trial lists are relative to (default: the data root "
                              "for a trial file, the set's own folder for a registered name); absolute paths in a "
                              "list are used as they are")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--last", action="store_true", help="use the last epoch's weights instead of the average")
-    weights.add_argument("--best", action="store_true",
-                         help="use model_best.pt, the weights of the best validation score (trainer.tracked_metric)")
+    add_weights_option(parser)
     parser.add_argument("--random-baseline", action="store_true",
                         help="also evaluate the same encoder with its random initial weights")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -75,8 +73,8 @@ def main(argv: list[str] | None = None, prog: str = "sslsv evaluate") -> int:
                             plda_iterations=args.plda_iterations)
         run_dir = args.run or latest_run()
         print(f"evaluating {run_dir}")
-        evaluate_run(run_dir, args.trials, use_average=False if args.last else None, device=args.device,
-                     random_baseline=args.random_baseline, backends=backends, compare=args.compare, best=args.best,
+        evaluate_run(run_dir, args.trials, use_average=False if args.weights == "last" else None, device=args.device,
+                     random_baseline=args.random_baseline, backends=backends, compare=args.compare, best=args.weights == "best",
                      audio_root=args.audio_root)
 
     return run_command(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sslsv.cli.errors import run_command
+from sslsv.cli.options import add_weights_option, weights_choice
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto)"
 
@@ -109,7 +110,7 @@ def build_finetune_parser() -> argparse.ArgumentParser:
                         help="initialisations to compare (default: ssl random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets")
     parser.add_argument("-o", "--output", help="output folder (default RUN/finetune)")
-    parser.add_argument("--last", action="store_true", help="start from the last epoch's weights, not the average")
+    add_weights_option(parser)
     parser.add_argument("--restart", action="store_true", help="retrain runs that already have checkpoints")
     return parser
 
@@ -121,7 +122,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
     def run() -> None:
         from sslsv.evaluation.finetune import finetune_run
 
+        use_average, best = weights_choice(args)
         finetune_run(args.run, args.fractions, args.epochs, args.trials, args.output, args.seed, args.overrides,
-                     tuple(args.init), args.restart, use_average=not args.last)
+                     tuple(args.init), args.restart, use_average=use_average, best=best)
 
     return run_command(run)

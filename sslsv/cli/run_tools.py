@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 
 from sslsv.cli.errors import run_command
+from sslsv.cli.options import add_weights_option, weights_choice
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto)"
-LAST_HELP = "use the last epoch's weights instead of the average"
 
 
 def build_embed_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def build_embed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=["npy", "npz", "kaldi"],
                         help="output format when --output has no suffix (default: from the suffix)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
-    parser.add_argument("--last", action="store_true", help=LAST_HELP)
+    add_weights_option(parser)
     parser.add_argument("--no-normalize", action="store_true", help="keep raw (not L2-normalised) embeddings")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser
@@ -55,7 +55,7 @@ def _relative_key(path: str, root: Path) -> str:
 def embed_main(argv: list[str] | None = None) -> int:
     """sslsv embed RUN a.wav b.wav -o emb.npy: embed audio files with a trained run."""
     parser = build_embed_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may stand between the run and the files
     files = list(args.files)
     if args.list:
         try:
@@ -96,7 +96,8 @@ def embed_main(argv: list[str] | None = None) -> int:
             keys += trials.utterances()
             paths += locate_trial_audio(trials, folder)
         check_audio_files(paths)  # every unusable file named before the model is loaded
-        embedder = sslsv.load(args.run, args.device, use_average=not args.last)
+        use_average, best = weights_choice(args)
+        embedder = sslsv.load(args.run, args.device, use_average=use_average, best=best)
         embeddings = embedder.embed(paths, normalize=not args.no_normalize, progress=True)
         written = save_embeddings(args.output, keys, embeddings, args.format)
         print(f"{', '.join(map(str, written))}: {embeddings.shape[0]} x {embeddings.shape[1]} embeddings "
@@ -127,7 +128,7 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help="with --calibration: target prior of the decision (default: the calibration's)")
     parser.add_argument("--audio-root", metavar="DIR",
                         help="with --threshold-from-trials: folder the list's utterance paths are relative to")
-    parser.add_argument("--last", action="store_true", help=LAST_HELP)
+    add_weights_option(parser)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser
 
@@ -187,7 +188,8 @@ def score_main(argv: list[str] | None = None) -> int:
 
             config = load_run_config(args.run)
             checked = check_trials(args.threshold_from_trials, config, args.audio_root)  # before the model
-        embedder = sslsv.load(args.run, args.device, use_average=not args.last)
+        use_average, best = weights_choice(args)
+        embedder = sslsv.load(args.run, args.device, use_average=use_average, best=best)
         score = embedder.score(args.enroll, args.test)
         print(f"{score:.6f}")
         if args.threshold is not None:
@@ -225,7 +227,7 @@ def export_main(argv: list[str] | None = None) -> int:
                     "int64], output 'embedding' (batch, D) float32.")
     parser.add_argument("run", help="run directory")
     parser.add_argument("-o", "--output", required=True, help="output .onnx file")
-    parser.add_argument("--last", action="store_true", help=LAST_HELP)
+    add_weights_option(parser)
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     parser.add_argument("--with-lengths", action="store_true",
                         help="add a 'lengths' (batch,) int64 input, the valid samples of each row: padding beyond "
@@ -238,7 +240,8 @@ def export_main(argv: list[str] | None = None) -> int:
         from sslsv.export import export_onnx, padding_cosine, random_waveforms, verify_onnx
         from sslsv.runs import load_model
 
-        model, config, source = load_model(args.run, not args.last, "cpu")
+        use_average, best = weights_choice(args)
+        model, config, source = load_model(args.run, use_average, "cpu", best=best)
         rate = config.features.sample_rate
         path = export_onnx(model, args.output, rate, args.opset, check=False, with_lengths=args.with_lengths,
                            normalize=args.normalize)
@@ -256,11 +259,12 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def average_main(argv: list[str] | None = None) -> int:
-    """sslsv average RUN --last 10 -o avg.pt: average the last N epochs' weights of a run."""
+    """sslsv average RUN --epochs 10 -o avg.pt: average the last N epochs' weights of a run."""
     parser = argparse.ArgumentParser(prog="sslsv average",
                                      description="Average the weights of a run's last N epochs.")
     parser.add_argument("run", help="run directory")
-    parser.add_argument("--last", type=int, default=10, help="number of most recent epoch weights (default 10)")
+    parser.add_argument("--epochs", type=int, default=10, help="number of most recent epoch weights (default 10)")
+    parser.add_argument("--last", type=int, dest="epochs", help=argparse.SUPPRESS)  # the older spelling
     parser.add_argument("-o", "--output", help="output weight file (default RUN/model_avg.pt)")
     args = parser.parse_args(argv)
 
@@ -268,7 +272,7 @@ def average_main(argv: list[str] | None = None) -> int:
         from sslsv.export import average_checkpoints, last_epoch_weights
         from sslsv.runs import RunLayout
 
-        paths = last_epoch_weights(args.run, args.last)
+        paths = last_epoch_weights(args.run, args.epochs)
         out = average_checkpoints(paths, args.output or RunLayout(args.run).model_average)
         print(f"{out}: mean of {', '.join(p.name for p in paths)}")
 

@@ -60,12 +60,13 @@ def _train(run_dir: Path, raw: dict, overrides: list[str], init_weights: Path | 
     build_trainer(config, restart=restart, initial=InitialWeights(encoder=init_weights)).fit()
 
 
-def _reference_rows(run_dir: Path, names: list[str], use_average: bool, device, progress: bool) -> list[dict]:
+def _reference_rows(run_dir: Path, names: list[str], use_average: bool, device, progress: bool,
+                    best: bool = False) -> list[dict]:
     """The table's first rows: the SSL run itself, without fine-tuning (nothing is written to the run)."""
     from sslsv.evaluation.evaluate import evaluate_model
     from sslsv.runs import load_model
 
-    model, config, _ = load_model(run_dir, use_average, device)
+    model, config, _ = load_model(run_dir, use_average, device, best=best)
     rows = []
     for name in names:
         m = evaluate_model(model, name, config, device, progress=progress)
@@ -90,7 +91,7 @@ def _check_finetune_request(fractions: list[float], epochs: int, inits: tuple[st
 def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trials: list[str] | None = None,
                  output: str | Path | None = None, seed: int = 0, overrides: list[str] | None = None,
                  inits: tuple[str, ...] = ("ssl", "random"), restart: bool = False, use_average: bool = True,
-                 progress: bool = False) -> list[dict]:
+                 progress: bool = False, best: bool = False) -> list[dict]:
     """Fine-tune on labelled fractions from SSL vs random init, evaluate, and write <out>/table.md.
 
     Args:
@@ -105,6 +106,7 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
         restart: retrain runs that have checkpoints instead of resuming them.
         use_average: initialise from (and evaluate the SSL run with) the averaged weights when present.
         progress: progress bars while embedding.
+        best: initialise from (and evaluate with) model_best.pt instead.
 
     Returns:
         The table rows: dicts with trials, fraction, utterances, speakers, init, eer, min_dcf_001, run.
@@ -120,12 +122,12 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
     for name in names:  # before any training: a bad list would otherwise fail after the first fine-tuning run
         check_trials(name, config)
     out = Path(output) if output is not None else run_dir / "finetune"
-    weights = run_weights(run_dir, use_average)
+    weights = run_weights(run_dir, use_average, best)
     root = Path(config.dataset.data_root)
     manifest = read_manifest(root / config.dataset.manifest)
     raw = yaml.safe_load(RunLayout(run_dir).config.read_text())
 
-    rows = _reference_rows(run_dir, names, use_average, resolve_device(config.evaluation.device), progress)
+    rows = _reference_rows(run_dir, names, use_average, resolve_device(config.evaluation.device), progress, best)
     for fraction in fractions:
         subset_rows = stratified_subset(manifest, fraction, seed)
         folder = out / f"frac{fraction:g}"

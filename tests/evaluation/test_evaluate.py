@@ -54,9 +54,9 @@ def test_best_weights_are_model_best(run, tmp_path):
     results = evaluate_run(copy, [TRIALS], best=True, progress=False, plots=False)
     assert results["test/tiny_small_trials"]["weights"].endswith("model_best.pt")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    both = subprocess.run([sys.executable, "evaluate.py", str(copy), "--best", "--last"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    assert both.returncode == 2 and "not allowed with" in both.stderr
+    bad = subprocess.run([sys.executable, "evaluate.py", str(copy), "--weights", "newest"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'newest'" in bad.stderr
 
 
 def test_latest_run_and_missing_run(run, tmp_path):
