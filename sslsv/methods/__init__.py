@@ -13,3 +13,6 @@ from sslsv.methods import dino  # noqa: F401
 from sslsv.methods import cpc  # noqa: F401
 from sslsv.methods import pseudo_supervised  # noqa: F401
 from sslsv.methods import os_kdft  # noqa: F401
+from sslsv.methods import rdino  # noqa: F401
+from sslsv.methods import sdpn  # noqa: F401
+from sslsv.methods import vibcreg  # noqa: F401

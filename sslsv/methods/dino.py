@@ -30,11 +30,19 @@ sum over the G (G + L - 1) (teacher, student) pairs is averaged, i.e. Eq. (11) d
 Distributed: the centre update all-reduces the teacher outputs' mean across ranks (`update_center`, a no-grad
 method called by `forward` after the loss, like DINOLoss.update_center). BN buffers: see methods/ema.py.
 Ablations (review Figure 4b): `centering: false` (no c), `sharpening: false` (tau_t = tau_s).
+
+Options (off by default):
+- `consistency_weight` lambda > 0: DINO + Cosine loss (B. Han, Z. Chen, Y. Qian, "Self-supervised speaker
+  verification using dynamic loss-gate and label correction", Interspeech 2022, review [58], section 3.1.2; the
+  single-stage base of DLG-LC), L = L_DINO + lambda L_cos, L_cos the mean over the DINO pairs (t, s != t) of
+  1 - cos(y'_t, y_s) between the teacher's and the student's representations (`cosine_consistency`).
+- `ssps`: DINO-SSPS (sslsv/methods/ssps.py): each global view's teacher output is replaced by a queued teacher
+  output of a pseudo-positive; the centre is updated with the outputs used as targets (as the authors' DINOLoss).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +53,7 @@ from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_v
 from sslsv.methods.collapse import DEFAULT_RULES, Below, Compound, NearMaximum, Threshold
 from sslsv.methods.ema import cosine_schedule, momentum_copy, update_momentum
 from sslsv.methods.heads import DINOHead
+from sslsv.methods.ssps import SSPS, SSPSConfig, reference_representations
 from sslsv.registry import METHODS
 from sslsv import distributed
 from sslsv.methods.signals import cluster_usage_entropy, kl_divergence, method_metrics, softmax_entropy
@@ -70,8 +79,14 @@ class DINOConfig:
     freeze_last_layer_epochs: int = 1
     centering: bool = True
     sharpening: bool = True
+    # lambda of the cosine consistency loss between teacher and student representations (DINO + Cosine loss,
+    # Han et al., Interspeech 2022, the base of DLG-LC; review section 3.1.2); 0: off
+    consistency_weight: float = 0.0
+    # self-supervised positive sampling (sslsv.methods.ssps); needs one extra view (the reference crop) at the end
+    ssps: SSPSConfig = field(default_factory=SSPSConfig)
 
     def __post_init__(self) -> None:
+        require(self.consistency_weight >= 0, "method.consistency_weight", ">= 0", self.consistency_weight)
         if self.global_views < 1:
             raise ConfigError("method.global_views: must be at least 1")
         if min(self.student_temperature, self.teacher_temperature, self.warmup_teacher_temperature) <= 0:
@@ -112,6 +127,23 @@ class DINOLoss(nn.Module):
                 total = total + (-(target * log_p).sum(dim=-1)).mean()
                 pairs += 1
         return total / pairs, targets, [lp.detach() for lp in log_probs]
+
+
+def cosine_consistency(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+    """DINO + Cosine loss's consistency term: the mean over the (teacher view t, student view s != t) pairs of
+    DINOLoss of mean_i (1 - cos(y'_{i,t}, y_{i,s})), y' the teacher's and y the student's representations (the
+    encoders' outputs, before the heads) of the views of utterance i.
+
+    Args: teacher: G tensors (B, D) (no gradient); student: G + L tensors (B, D), the first G from the same views.
+    """
+    total, pairs = 0.0, 0
+    for t, target in enumerate(teacher):
+        for s, y in enumerate(student):
+            if s == t:
+                continue
+            total = total + (1 - F.cosine_similarity(_fp32(y), _fp32(target.detach()), dim=1)).mean()
+            pairs += 1
+    return total / pairs
 
 
 def _teacher_information(values: dict[str, float], bounds: dict[str, float],
@@ -170,6 +202,11 @@ class DINO(Method):
         self.loss = DINOLoss(cfg.student_temperature)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.epoch = 0
+        self.ssps = None
+        if cfg.ssps.enabled:
+            # one queue per global view of teacher outputs (the authors' SSPS_NB_POS_EMBEDDINGS = 2)
+            self.ssps = SSPS(cfg.ssps, info.num_samples, positives=cfg.global_views,
+                             recordings=getattr(info, "recordings", None))
         self.entropy_bounds = {"teacher_entropy": math.log(cfg.out_dim)}
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -190,17 +227,34 @@ class DINO(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.ssps is not None:
+            self.ssps.set_epoch(epoch)
 
     def forward(self, batch: Batch) -> StepOutput:
         g = self.cfg.global_views
-        if len(batch.views) < max(g, 2):
-            raise ValueError(f"dino needs at least {max(g, 2)} views (dataset.views: {g} global, then local)")
-        representations = encode_views(self.encoder, batch.views)  # student sees every view
-        student = _per_length(self.head, representations, batch.views)
+        views = batch.views[:-1] if self.ssps is not None else batch.views  # SSPS: the last is the reference crop
+        if len(views) < max(g, 2):
+            extra = " plus the reference crop of method.ssps as the last group" if self.ssps is not None else ""
+            raise ValueError(f"dino needs at least {max(g, 2)} views (dataset.views: {g} global, then local{extra})")
+        representations = encode_views(self.encoder, views)  # student sees every view
+        student = _per_length(self.head, representations, views)
         with torch.no_grad():
-            teacher = encode_views(lambda x: self.teacher_head(self.teacher_encoder(x)), batch.views[:g])
+            teacher_representations = encode_views(self.teacher_encoder, views[:g])
+            teacher = _per_length(self.teacher_head, teacher_representations, views[:g])
+        ssps_metrics = {}
+        if self.ssps is not None and self.ssps.collecting:
+            # SSPS (authors' DINO.train_step): each global view's teacher output is replaced by a queued teacher
+            # output of a pseudo-positive; references come from the teacher encoder.
+            reference = reference_representations(self.teacher_encoder, batch.views[-1])
+            replaced, ssps_metrics = self.ssps.substitute(batch.indices, reference, teacher, batch.labels)
+            self.ssps.stage(batch.indices, reference, teacher, batch.labels)
+            teacher = replaced
         center = self.center if self.cfg.centering else torch.zeros_like(self.center)
         loss, targets, log_probs = self.loss(teacher, student, center, self.teacher_temperature(self.epoch))
+        if self.cfg.consistency_weight > 0:
+            consistency = cosine_consistency(teacher_representations, representations)
+            loss = loss + self.cfg.consistency_weight * consistency
+            ssps_metrics["consistency_loss"] = consistency.detach()
         if self.cfg.centering:
             self.update_center(torch.cat(teacher))
         kl = torch.stack([kl_divergence(targets[t], log_probs[s])
@@ -214,6 +268,7 @@ class DINO(Method):
             "kl_teacher_student": kl,
             "teacher_temperature": torch.tensor(self.teacher_temperature(self.epoch), device=loss.device),
             **method_metrics(torch.cat(representations[:g])),
+            **ssps_metrics,
         }
         return StepOutput(loss, metrics)
 
@@ -231,6 +286,15 @@ class DINO(Method):
         m = cosine_schedule(progress, self.cfg.momentum_start, self.cfg.momentum_end)
         for online, ema in self.momentum_pairs():
             update_momentum(online, ema, m)
+        if self.ssps is not None:
+            self.ssps.commit()
+
+    def extra_state(self) -> dict:
+        return {"ssps": self.ssps.state()} if self.ssps is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.ssps is not None and "ssps" in state:
+            self.ssps.load_state(state["ssps"])
 
 
 def _per_length(network, inputs: list[torch.Tensor], views: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -23,6 +23,9 @@ GlobalBatchNorm on gloo) everywhere and no shuffle, as for every other method. I
 nothing (one device has only one set of batch statistics), as in the authors' code with one device: a
 single-device run does not reproduce shuffled BN.
 
+Option `margin` (off by default): the positive's logit moved by a CosFace / ArcFace / AdaFace margin, fixed,
+scheduled or learnable (sslsv/methods/margins.py; "MoCo + Margin" in the authors' `methods/MoCoMargins`).
+
 State changes are separate no-grad methods called from `after_optimizer_step`: the EMA of the key encoder, then
 `update_queue` with the keys of the step. Ablation (review Figure 4a): `use_momentum_encoder: false` takes keys
 from the online encoder (stop-gradient, no EMA).
@@ -47,6 +50,7 @@ from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_v
 from sslsv.methods.collapse import DEFAULT_RULES, Above, NearMaximum, Threshold
 from sslsv.methods.ema import momentum_copy, update_momentum
 from sslsv.methods.heads import ProjectorConfig, build_projector
+from sslsv.methods.margins import ContrastiveMargin, MarginConfig
 from sslsv.registry import METHODS
 from sslsv import distributed
 from sslsv.methods.signals import method_metrics, softmax_entropy
@@ -62,6 +66,8 @@ class MoCoConfig:
     # false: global-batch BN, no shuffle. No effect in one process.
     shuffle_bn: bool = True
     projector: ProjectorConfig = field(default_factory=lambda: ProjectorConfig(enabled=False))
+    # margin on the positive logit (CosFace / ArcFace / AdaFace; sslsv.methods.margins); kind none: plain Eq. (3)
+    margin: MarginConfig = field(default_factory=MarginConfig)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -82,17 +88,24 @@ class MoCoLoss(nn.Module):
         (loss, logits (B, 1 + Q) detached, for diagnostics); column 0 holds the positive.
     """
 
-    def __init__(self, temperature: float = 0.03):
+    def __init__(self, temperature: float = 0.03, margin: ContrastiveMargin | None = None):
         super().__init__()
         self.temperature = temperature
+        self.margin = margin  # psi on the positives' cosines (sslsv.methods.margins); None: plain Eq. (3)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        norms = z1.norm(dim=1)  # queries' norms before normalisation (AdaFace margin)
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
         positive = (z1 * z2).sum(dim=1, keepdim=True)  # (B, 1)
         negative = z1 @ queue.to(z1.dtype).T  # (B, Q)
         logits = torch.cat([positive, negative], dim=1) / self.temperature  # (B, 1 + Q)
         target = torch.zeros(len(z1), dtype=torch.long, device=z1.device)
-        return F.cross_entropy(logits, target), logits.detach()
+        if self.margin is None or not self.margin.enabled:
+            return F.cross_entropy(logits, target), logits.detach()
+        moved = self.margin(positive[:, 0], norms).to(positive.dtype)[:, None]
+        margin_logits = torch.cat([moved, negative], dim=1) / self.temperature
+        # the returned logits (diagnostics: accuracy, entropy) stay those of the plain loss
+        return F.cross_entropy(margin_logits, target), logits.detach()
 
 
 @torch.no_grad()
@@ -130,7 +143,7 @@ class MoCo(Method):
         if cfg.use_momentum_encoder:
             self.key_encoder = momentum_copy(encoder)
             self.key_projector = momentum_copy(self.projector)
-        self.loss = MoCoLoss(cfg.temperature)
+        self.loss = MoCoLoss(cfg.temperature, ContrastiveMargin(cfg.margin, info.epochs if info is not None else 0))
         self.register_buffer("queue", F.normalize(torch.randn(2, cfg.queue_size, dim), dim=2))  # one per view
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.entropy_bounds = {"contrastive_entropy": math.log(cfg.queue_size + 1)}
@@ -174,6 +187,7 @@ class MoCo(Method):
         metrics = {"accuracy": accuracy,
                    "contrastive_entropy": (softmax_entropy(logits_1) + softmax_entropy(logits_2)) / 2,
                    **method_metrics(torch.cat([q1, q2]))}
+        metrics.update(self.loss.margin.metrics(loss.device))
         filled = min(self.keys_seen, self.cfg.queue_size)
         if filled > 0 and len(q1) > 1:
             metrics["negative_gap"] = (negative_gap(q1, k2, queue[1, :filled]) + negative_gap(q2, k1, queue[0, :filled])) / 2
@@ -188,6 +202,9 @@ class MoCo(Method):
         self.queue[:, rows] = keys[:, -n:].to(self.queue.dtype)
         self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
         self.keys_seen = min(self.keys_seen + n, size)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.loss.margin.set_epoch(epoch)
 
     def extra_state(self) -> dict:
         return {"keys_seen": self.keys_seen}
