@@ -7,3 +7,4 @@ from sslsv.encoders import redimnet  # noqa: F401
 from sslsv.encoders import sv_mixer  # noqa: F401
 from sslsv.encoders import ssrfnet  # noqa: F401
 from sslsv.encoders import layerwise  # noqa: F401
+from sslsv.encoders import pretrained_speech  # noqa: F401

@@ -17,7 +17,9 @@ Without the capability, the method raises `OutputNotSupported` (a NotImplemented
 """
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import contextvars
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -25,6 +27,25 @@ from torch import nn
 from sslsv.audio.features import LogMel
 from sslsv.config import FeaturesConfig, Spec
 from sslsv.registry import ENCODERS
+
+_SAVED_WEIGHTS_FOLLOW = contextvars.ContextVar("saved_weights_follow", default=False)
+
+
+@contextlib.contextmanager
+def saved_weights_follow() -> Iterator[None]:
+    """Inside this block, encoders built from pretrained models skip loading those weights (a download, a local
+    file): the caller loads a saved state dict right after (runs.load_model), so a trained run is evaluated, embedded
+    or exported without the network or the original checkpoint file."""
+    token = _SAVED_WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _SAVED_WEIGHTS_FOLLOW.reset(token)
+
+
+def pretrained_loading_skipped() -> bool:
+    """Whether the current build is inside `saved_weights_follow()`."""
+    return _SAVED_WEIGHTS_FOLLOW.get()
 
 
 class OutputNotSupported(NotImplementedError):

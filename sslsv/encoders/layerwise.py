@@ -13,8 +13,19 @@ LAP, per frame t and head h (d = D/h channels of the (d, L) slice X_{t,h}):
     s = dropout(sigmoid(z)) in R^L;  y_{t,h} = max_l (X_{t,h} * s)_l;  Y = BN(Conv1x1(concat_h y))
 on BN2d + 1x1 conv of the input. The scores are time-dynamic: one per frame, head and layer.
 
+- MHFA, multi-head factorised attentive pooling (Peng, Plchot, Stafylakis, Mosner, Burget, Cernocky, "An
+  attention-based backend allowing efficient fine-tuning of transformer models for speaker verification", SLT 2022,
+  arXiv 2210.01273). Reference: theolepage/sslsv `sslsv/encoders/S3PRL.py` (class MHFA, 64 heads, compression 128).
+  Per head h, with layer weights w^k, w^v (softmax over the L states, initialised equal):
+      k_t = W_k sum_l softmax(w^k)_l x_{l,t} + b_k,   v_t = W_v sum_l softmax(w^v)_l x_{l,t} + b_v   (D -> d_c)
+      a_{t,h} = softmax_t(q_h . k_t + c_h),   r_h = sum_t a_{t,h} v_t,   e = W_o [r_1; ...; r_H] + b_o
+  2,302,554 parameters for WavLM-Base+ states (D = 768, L = 13), 64 heads, d_c = 128, 256-d output (arith).
+- Weighted sum + ASTP (SUPERB style): softmax-weighted sum of the states (weights initialised equal) -> ASTP
+  (global context, bottleneck 128) -> BN -> Linear -> embed_dim.
+
 Neither pooling fits the POOLINGS interface (in_dim -> (B, C, T) input), so they are back-end modules; the
-registered encoders are `sv_mixer_lap` and `sv_mixer_unipool` (SV-Mixer front + back-end).
+registered encoders are `sv_mixer_lap` and `sv_mixer_unipool` (SV-Mixer front + back-end) and `pretrained_speech`
+(torchaudio WavLM / HuBERT / wav2vec 2.0 + any of these back-ends; sslsv/encoders/pretrained_speech.py).
 
 Deviations:
 - The squeeze-excite weights are initialised with Kaiming / Xavier uniform (UniPool's choice) instead of LAP's
@@ -23,8 +34,11 @@ Deviations:
   already residual module in a second residual (2x + f(x)).
 - The ASTP attention dropout (LAP, UniPool: 0.1) drops attention weights, not frames; span-out augmentation and
   padding masks are not implemented (batches have equal lengths here).
-- No pretrained WavLM: the SV-Mixer front trains from scratch with the toolkit's objectives, or as the student of
-  a trained layer-wise teacher run with the `os_kdft` method (OS-KDFT distillation).
+- `sv_mixer_lap` / `sv_mixer_unipool` train their SV-Mixer front from scratch (or as an `os_kdft` student); the
+  papers' setting, a pretrained WavLM / HuBERT / wav2vec 2.0 front, is the `pretrained_speech` encoder.
+- MHFA: no padding masks (batches have equal lengths), the reference's layer-wise learning rates and
+  regularisation towards the pretrained weights are not implemented (`encoder.grad_scale` scales the gradient
+  that reaches the speech model instead).
 """
 from __future__ import annotations
 
@@ -217,6 +231,72 @@ class UniPoolBackend(nn.Module):
     def forward_frames(self, states: torch.Tensor) -> torch.Tensor:
         x = self.d3(states.permute(0, 3, 1, 2))  # (B, D, L, T) -> (B, 4w, L, T)
         return self.layer_pool(x.permute(0, 2, 3, 1))  # (B, L, T, 4w) -> (B, 4w, T)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooling(self.forward_frames(states)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MHFA, weighted sum + ASTP
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LayerWeightedSum(nn.Module):
+    """SUPERB's softmax-weighted sum of the states, weights initialised equal: (B, L, T, D) -> (B, T, D)."""
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bltd,l->btd", states, torch.softmax(self.weights, dim=0))
+
+
+class MHFABackend(nn.Module):
+    """MHFA (Peng et al., 2022; module docstring): two layer-weighted sums (keys, values) compressed to d_c, one
+    attention over time per head on the keys, per-head weighted means of the values, concatenated -> Linear.
+    States (B, L, T, D) -> (B, embed_dim).
+
+    Args:
+        num_layers: L.
+        in_dim: D.
+        heads: H (64 in the reference).
+        compression: d_c (128).
+        embed_dim: output width.
+    """
+
+    def __init__(self, num_layers: int, in_dim: int, heads: int = 64, compression: int = 128, embed_dim: int = 256):
+        super().__init__()
+        self.keys = LayerWeightedSum(num_layers)
+        self.values = LayerWeightedSum(num_layers)
+        self.compress_keys = nn.Linear(in_dim, compression)
+        self.compress_values = nn.Linear(in_dim, compression)
+        self.attention = nn.Linear(compression, heads)
+        self.output = nn.Linear(heads * compression, embed_dim)
+
+    def attention_weights(self, states: torch.Tensor) -> torch.Tensor:
+        """a: (B, T, H), summing to 1 over T."""
+        return torch.softmax(self.attention(self.compress_keys(self.keys(states))), dim=1)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        weights = self.attention_weights(states)  # (B, T, H)
+        values = self.compress_values(self.values(states))  # (B, T, d_c)
+        pooled = torch.einsum("bth,btc->bhc", weights, values)  # (B, H, d_c)
+        return self.output(pooled.flatten(1))
+
+
+class WeightedASTPBackend(nn.Module):
+    """SUPERB-style: softmax-weighted sum of the states -> ASTP (global context, bottleneck 128, tanh) -> BN ->
+    Linear -> embed_dim. States (B, L, T, D) -> (B, embed_dim); frames: the weighted sum (B, D, T)."""
+
+    def __init__(self, num_layers: int, in_dim: int, bottleneck: int = 128, embed_dim: int = 192):
+        super().__init__()
+        self.mix = LayerWeightedSum(num_layers)
+        self.pooling = attentive_stats_pooling(in_dim, bottleneck)
+        self.head = EmbeddingHead(self.pooling.out_dim, embed_dim, embedding_bn=False)
+
+    def forward_frames(self, states: torch.Tensor) -> torch.Tensor:
+        return self.mix(states).transpose(1, 2)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooling(self.forward_frames(states)))

@@ -21,9 +21,12 @@ Both models are read through the encoder interface (sslsv/encoders/base.py): `ha
 `layer_dim`, `forward_layers` (B, L, T, D) and `forward_with_layers` (the embedding and the states in one pass where
 the encoder's forward goes through its states: SV-Mixer, SSRFNet, sv_mixer_lap/unipool, ReDimNet, ECAPA-TDNN).
 
-The teacher: any trained run of this toolkit whose encoder has layers (sv_mixer, ssrfnet, sv_mixer_lap,
-sv_mixer_unipool, redimnet, ecapa_tdnn), given as a LOCAL run directory (`method.teacher_run`; weights chosen as
-evaluate.py does: model_avg.pt, else model.pt, else the last checkpoints/weights_e*.pt) or one of its weight files.
+The teacher: either any trained run of this toolkit whose encoder has layers (sv_mixer, ssrfnet, sv_mixer_lap,
+sv_mixer_unipool, redimnet, ecapa_tdnn, pretrained_speech), given as a LOCAL run directory (`method.teacher_run`;
+weights chosen as evaluate.py does: model_avg.pt, else model.pt, else the last checkpoints/weights_e*.pt) or one of
+its weight files; or an encoder section (`method.teacher_encoder`, typed as the `encoder:` section), e.g.
+`{name: pretrained_speech, model: wavlm_large}`: a pretrained WavLM / HuBERT / wav2vec 2.0 (torchaudio bundle
+weights, or `weights: checkpoint`), the reference's teacher. Its back-end is not used (only `forward_layers`).
 It is frozen: requires_grad False, kept in eval mode when the method is put in train mode, run under torch.no_grad,
 and left out of the optimiser. Its frames are resampled in time to the student's frame count (linear interpolation)
 when the two differ (e.g. a 10-ms ReDimNet teacher for a 20-ms SV-Mixer student).
@@ -33,8 +36,7 @@ The method's state dict (resumable checkpoints) does hold the frozen teacher, so
 started with.
 
 Deviations from the references:
-- No WavLM-Large teacher (none is available offline): the teacher is a run trained in this toolkit. No offline
-  cache of teacher states (`path_replacement` in the reference).
+- No offline cache of teacher states (`path_replacement` in the reference).
 - The speaker loss is plain AAM-softmax; the reference's inter-top-5 impostor penalty is not implemented.
 - Default `cosine_reduction: mean` (DistilHuBERT); SSRFNet's code sums over frames.
 """
@@ -43,25 +45,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv.config import ConfigError
-from sslsv.encoders.base import SpeakerModel
+from sslsv.config import ConfigError, FeaturesConfig, build_spec
+from sslsv.encoders.base import SpeakerModel, build_speaker_model
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo
 from sslsv.methods.heads import AAMSoftmax
-from sslsv.registry import METHODS
+from sslsv.registry import ENCODERS, METHODS
 from sslsv.runs import RunError, is_resumable_checkpoint, is_run_dir, load_checkpoint, load_model
 
-LAYERED = "e.g. sv_mixer, ssrfnet, sv_mixer_lap, redimnet, ecapa_tdnn"
+LAYERED = "e.g. sv_mixer, ssrfnet, sv_mixer_lap, redimnet, ecapa_tdnn, pretrained_speech"
 
 
 @dataclass
 class OSKDFTConfig:
-    teacher_run: str  # local run directory of a trained layer-wise model (or one of its weight files)
+    teacher_run: str = ""  # local run directory of a trained layer-wise model (or one of its weight files)
+    teacher_encoder: dict[str, Any] | None = None  # or an encoder section, e.g. {name: pretrained_speech, ...}
     teacher_layers: list[int] = field(default_factory=lambda: [4, 8, 12])  # teacher states to predict (0 = input)
     student_layer: int = -1  # student state the heads read (-1: the last)
     kd_weight: float = 1.0
@@ -72,8 +75,11 @@ class OSKDFTConfig:
     margin: float = 0.2  # AAM-softmax m
 
     def __post_init__(self) -> None:
-        if not str(self.teacher_run).strip():
-            raise ConfigError("method.teacher_run: empty; give the run directory of a trained layer-wise model")
+        if not str(self.teacher_run).strip() and self.teacher_encoder is None:
+            raise ConfigError("method.teacher_run: empty; give the run directory of a trained layer-wise model (or "
+                              "method.teacher_encoder, an encoder section such as {name: pretrained_speech})")
+        if str(self.teacher_run).strip() and self.teacher_encoder is not None:
+            raise ConfigError("method.teacher_encoder: set together with method.teacher_run; give one teacher")
         if not self.teacher_layers:
             raise ConfigError("method.teacher_layers: needs at least one teacher state")
         if len(set(self.teacher_layers)) != len(self.teacher_layers):
@@ -190,14 +196,32 @@ def load_teacher(path: str) -> tuple[SpeakerModel, str]:
     return model.eval(), source
 
 
-def frozen_teacher(path: str, student: SpeakerModel) -> tuple[SpeakerModel, str]:
-    """`load_teacher`, checked against the interface (layers, sample rate), with gradients off."""
-    teacher, source = load_teacher(path)
+ENCODER_KEY = "method.teacher_encoder"
+
+
+def build_teacher_encoder(section: dict, sample_rate: int) -> tuple[SpeakerModel, str]:
+    """The teacher built from an encoder section (eval mode, CPU), at the student's sample rate and the default
+    log-mel settings; the global RNG is left as it was. Pretrained weights come from the encoder itself (e.g.
+    pretrained_speech's torchaudio bundle)."""
+    spec = build_spec(section, ENCODER_KEY, ENCODERS)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        model = build_speaker_model(spec, FeaturesConfig(sample_rate=sample_rate))
+    return model.eval(), f"{ENCODER_KEY} ({spec.name})"
+
+
+def frozen_teacher(path: str, student: SpeakerModel, section: dict | None = None) -> tuple[SpeakerModel, str]:
+    """The teacher (`load_teacher` of `path`, or built from the encoder `section`), checked against the interface
+    (layers, sample rate), with gradients off."""
+    key = ENCODER_KEY if section is not None else TEACHER_KEY
+    teacher, source = (build_teacher_encoder(section, student.sample_rate) if section is not None
+                       else load_teacher(path))
     if not teacher.has_layers:
-        raise ConfigError(f"{TEACHER_KEY}: the encoder of {path} ({type(teacher.encoder).__name__}) does not expose "
-                          f"forward_layers; the teacher must be a layer-wise model ({LAYERED})")
+        raise ConfigError(f"{key}: the encoder of {source if section is not None else path} "
+                          f"({type(teacher.encoder).__name__}) does not expose forward_layers; the teacher must be "
+                          f"a layer-wise model ({LAYERED})")
     if teacher.sample_rate != student.sample_rate:
-        raise ConfigError(f"{TEACHER_KEY}: the teacher reads {teacher.sample_rate} Hz audio, the student "
+        raise ConfigError(f"{key}: the teacher reads {teacher.sample_rate} Hz audio, the student "
                           f"{student.sample_rate} Hz (features.sample_rate)")
     teacher.requires_grad_(False)
     return teacher.eval(), source
@@ -220,7 +244,7 @@ class OSKDFT(Method):
         if self.uses_labels and info.num_speakers < 2:
             raise ConfigError(f"method.speaker_loss: 'aam' needs at least 2 speakers, the manifest has "
                               f"{info.num_speakers} (or set method.speaker_loss=none)")
-        self.teacher, self.teacher_source = frozen_teacher(cfg.teacher_run, encoder)
+        self.teacher, self.teacher_source = frozen_teacher(cfg.teacher_run, encoder, cfg.teacher_encoder)
         for index in cfg.teacher_layers:
             check_index(index, self.teacher.encoder.num_layers, "method.teacher_layers", "teacher")
         check_index(cfg.student_layer, encoder.encoder.num_layers, "method.student_layer", "student")

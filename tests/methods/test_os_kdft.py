@@ -16,6 +16,7 @@ from sslsv.methods.os_kdft import (
     OSKDFT,
     DistillationHeads,
     OSKDFTConfig,
+    build_teacher_encoder,
     kd_loss,
     load_teacher,
     resample_frames,
@@ -189,6 +190,41 @@ def test_bad_teacher_run_errors_name_the_key(tmp_path):
         method(mixer, family="fast_resnet34", teacher_layers=[1])
     with pytest.raises(ConfigError, match=r"method\.student_layer: -4 out of range.*3 states"):
         method(mixer, teacher_layers=[1], student_layer=-4)
+
+
+def test_pretrained_speech_teacher_from_an_encoder_section():
+    """`teacher_encoder`: a pretrained speech model (tiny WavLM, random weights) as the frozen teacher of an
+    SV-Mixer student, built from an encoder section; one teacher only; a teacher without layers is refused."""
+    from sslsv.config import from_dict
+    from sslsv.registry import ENCODERS
+
+    section = {"name": "pretrained_speech", **ENCODERS.get("pretrained_speech").example["encoder"]}
+    cfg = from_dict(OSKDFTConfig, {"teacher_encoder": section, "teacher_layers": [1, -1]}, "method.")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    build_teacher_encoder(section, 16000)
+    assert torch.equal(torch.rand(3), expected)  # building the teacher leaves the global RNG alone
+    m = OSKDFT(student(), cfg, INFO)
+    assert type(m.teacher.encoder).__name__ == "PretrainedSpeech" and "teacher_encoder" in m.teacher_source
+    assert not any(p.requires_grad for p in m.teacher.parameters())
+    m.train()
+    assert not any(mod.training for mod in m.teacher.modules())
+    output = m(random_batch(4, (0.5,)))
+    output.loss.backward()
+    assert math.isfinite(output.metrics["kd_loss"].item())
+    assert all(p.grad is None for p in m.teacher.parameters())
+    assert m.heads.heads[0][0].out_features == m.teacher.encoder.layer_dim  # 32: the tiny WavLM's width
+    fresh = OSKDFT(student(), cfg, INFO)
+    fresh.load_state_dict(m.state_dict(), strict=True)
+
+    with pytest.raises(ConfigError, match=r"method\.teacher_encoder: set together with method\.teacher_run"):
+        OSKDFTConfig(teacher_run="models/x", teacher_encoder=section)
+    with pytest.raises(ConfigError, match=r"method\.teacher_run: empty"):
+        OSKDFTConfig()
+    resnet = from_dict(OSKDFTConfig, {"teacher_encoder": {"name": "fast_resnet34", "base_width": 4}}, "method.")
+    with pytest.raises(ConfigError, match=r"method\.teacher_encoder: .*does not expose forward_layers"):
+        OSKDFT(student(), resnet, INFO)
 
 
 @pytest.mark.parametrize("speaker_loss", ["aam", "none"])
