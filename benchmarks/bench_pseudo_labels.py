@@ -3,6 +3,10 @@
     python benchmarks/bench_pseudo_labels.py --fraction 0.1 --dims 192        # quick: 109k points, 5k -> 750
     python benchmarks/bench_pseudo_labels.py --dims 192 512                   # full: 1 092 009 points
     python benchmarks/bench_pseudo_labels.py --fraction 0.1 --kmeans-mode two_level   # the full size's algorithm
+    python benchmarks/bench_pseudo_labels.py --dims 192 --write docs/benchmarks.md    # + the table of each size
+
+--write FILE replaces the table `pseudo-labels-<dim>` (`pseudo-labels-<dim>-<fraction>` below full size) of a
+markdown file through benchmarks/doc_tables.py, which records the commit; the row header gives the load average.
 
 Synthetic data shaped like VoxCeleb2 dev: 1 092 009 utterances of 5 994 speakers (counts per speaker drawn from a
 log-normal, mean 182), speaker means uniform on the sphere (between-speaker cosine about 0), utterances = mean +
@@ -69,7 +73,8 @@ def measured_cosines(x: np.ndarray, labels: np.ndarray, seed: int) -> tuple[floa
     return within, between
 
 
-def run(dim: int, fraction: float, args) -> None:
+def run(dim: int, fraction: float, args) -> list[tuple[str, float, float]]:
+    """One size; returns the (stage, wall seconds, peak RSS GiB after it) rows."""
     n, speakers = int(round(VOX2_UTTERANCES * fraction)), int(round(VOX2_SPEAKERS * fraction))
     k, classes = int(round(KMEANS * fraction)), int(round(CLASSES * fraction))
     cfg = ClusteringConfig(kmeans_clusters=k, num_classes=classes, linkage=args.linkage,
@@ -85,6 +90,7 @@ def run(dim: int, fraction: float, args) -> None:
     tick = time.perf_counter()
     x, truth = synthetic(n, speakers, dim, args.within_cosine, args.seed)
     timings["generate"] = time.perf_counter() - tick
+    rss = {"generate": peak_rss_gib()}
     within, between = measured_cosines(x, truth, args.seed)
     print(f"   cosine within speakers {within:.3f}, between {between:.3f}; peak RSS {peak_rss_gib():.2f} GiB")
 
@@ -95,15 +101,18 @@ def run(dim: int, fraction: float, args) -> None:
     else:
         centroids, assignments, _ = kmeans(x, k, cfg.iterations, True, cfg.seed, cfg.max_points_per_centroid, gpu)
     timings["kmeans"] = time.perf_counter() - tick
+    rss["kmeans"] = peak_rss_gib()
     print(f"   k-means      {timings['kmeans']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
     tick = time.perf_counter()
     centroid_classes = ahc(centroids, classes, cfg.linkage, cfg.ahc_neighbors, use_gpu(args.gpu))
     timings["ahc"] = time.perf_counter() - tick
+    rss["ahc"] = peak_rss_gib()
     print(f"   AHC          {timings['ahc']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
     tick = time.perf_counter()
     labels = _consecutive(centroid_classes[assignments])
     confidence = class_confidence(x, labels, int(labels.max()) + 1)
     timings["propagate"] = time.perf_counter() - tick
+    rss["propagate"] = peak_rss_gib()
     print(f"   propagate    {timings['propagate']:8.1f} s   peak RSS {peak_rss_gib():.2f} GiB")
     tick = time.perf_counter()
     kmeans_metrics = cluster_metrics(assignments, truth)
@@ -119,9 +128,17 @@ def run(dim: int, fraction: float, args) -> None:
           f"{counts['clusters_after']:,} classes, NMI {kept['nmi']:.4f}, purity {kept['purity']:.4f}")
     print(f"   total {sum(timings.values()):.1f} s (generation {timings['generate']:.1f} s); "
           f"peak RSS {peak_rss_gib():.2f} GiB")
+    rss["metrics"] = peak_rss_gib()
+    stages = {"generate": "generate embeddings", "kmeans": f"k-means {k:,} ({mode})",
+              "ahc": f"AHC of the {k:,} centroids to {classes:,} classes", "propagate": "label propagation + confidences",
+              "metrics": "NMI, purity, filtering"}
+    rows = [(stages[key], timings[key], rss[key]) for key in stages]
+    rows.append((f"total (NMI after AHC {metrics['nmi']:.4f}, purity {metrics['purity']:.4f})",
+                 sum(timings.values()), peak_rss_gib()))
+    return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=1.0, help="scale of the run (0.1: quick)")
     parser.add_argument("--dims", type=int, nargs="+", default=[192, 512])
@@ -136,7 +153,9 @@ def main() -> None:
     parser.add_argument("--refine-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--write", metavar="FILE",
+                        help="replace the pseudo-labels-<dim> table(s) of this markdown file")
+    args = parser.parse_args(argv)
     import faiss
 
     if args.threads:
@@ -154,7 +173,19 @@ def main() -> None:
             verdict = "fits" if est["total"] < 0.75 * 24 else "does NOT fit (with headroom)"
             print(f"   {dim}-d, {kind}: {est['total']:.2f} ({parts}) -> {verdict} in 24 GiB")
     for dim in args.dims:
-        run(dim, args.fraction, args)
+        load = os.getloadavg()[0]
+        rows = run(dim, args.fraction, args)
+        if args.write:
+            from benchmarks.doc_tables import write_table
+
+            name = f"pseudo-labels-{dim}" + ("" if args.fraction == 1.0 else f"-{args.fraction:g}")
+            threads = args.threads or "default"
+            head = (f"| stage ({os.cpu_count()} CPUs, {threads} faiss threads, load average {load:.1f} at the "
+                    f"start) | wall time | peak RSS |")
+            table = "\n".join([head, "|---|---:|---:|"]
+                              + [f"| {stage} | {seconds:,.1f} s | {gib:.2f} GiB |" for stage, seconds, gib in rows])
+            write_table(args.write, name, "benchmarks/bench_pseudo_labels.py", table,
+                        code=["sslsv/pseudo_labels/clustering.py", "sslsv/pseudo_labels/filtering.py"])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@
     <run>/model.pt                                 final weights; model_avg.pt: mean of the last epochs' weights;
     <run>/model_best.pt                            weights of the best validation score
     <run>/metrics.jsonl, tensorboard/, training_summary.json
+    <run>/results.json, scores/<name>.score                evaluation metrics and score files (sslsv evaluate)
+    <run>/det_<name>.png, hist_<name>.png                  DET curves and score histograms of an evaluation
+    <run>/fusion/, pseudo_labels/, projection_<name>.png   sslsv fuse, sslsv pseudo-label, sslsv analyze outputs
+    <run>/embedding_cache/                                 embeddings reused across commands (evaluation.embeddings)
 
 Nothing else in the package spells these names: code asks a `RunLayout` for a path. Every write goes through
 `atomic_save`, so a kill or a full disk never leaves a half-written file in place of a good one, and a state with
@@ -14,6 +18,7 @@ NaN/Inf can be refused before anything is written (`require_finite`).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,7 +37,7 @@ import torch
 import yaml
 
 from sslsv.config import Config, ConfigError, build_config, flatten_dict
-from sslsv.encoders.base import SpeakerModel, build_speaker_model
+from sslsv.encoders.base import SpeakerModel, build_speaker_model, saved_weights_follow
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_e(\d+)_s(\d+)\.pt$")
 WEIGHTS_PATTERN = re.compile(r"weights_e(\d+)\.pt$")
@@ -92,6 +97,42 @@ class RunLayout:
     @property
     def summary(self) -> Path:
         return self.root / "training_summary.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    def score_file(self, name: str) -> Path:
+        """Score file of one evaluated system, e.g. name demo_asnorm."""
+        return self.scores / f"{name}.score"
+
+    def det_plot(self, name: str) -> Path:
+        return self.root / f"det_{name}.png"
+
+    def histogram_plot(self, name: str) -> Path:
+        return self.root / f"hist_{name}.png"
+
+    def projection_plot(self, name: str) -> Path:
+        return self.root / f"projection_{name}.png"
+
+    @property
+    def fusion(self) -> Path:
+        """Default output folder of sslsv fuse."""
+        return self.root / "fusion"
+
+    @property
+    def pseudo_labels(self) -> Path:
+        """Default output folder of sslsv pseudo-label."""
+        return self.root / "pseudo_labels"
+
+    @property
+    def embedding_cache(self) -> Path:
+        """Folder of the embedding cache (sslsv.evaluation.embeddings.embedding_cache)."""
+        return self.root / "embedding_cache"
 
     def checkpoint(self, epoch: int, step: int) -> Path:
         return self.checkpoints / f"checkpoint_e{epoch:04d}_s{step:08d}.pt"
@@ -472,6 +513,20 @@ def run_weights(run_dir: str | Path, use_average: bool = True, best: bool = Fals
                    f"{run.checkpoints.name}/weights_e*.pt)")
 
 
+def weights_name(path: str | Path) -> str:
+    """Which weights a file is, for output names: avg (model_avg.pt), best (model_best.pt), last (model.pt or an
+    epoch's weights_eNNNN.pt), or the file's stem for any other file."""
+    name = Path(path).name
+    layout = RunLayout(".")
+    if name == layout.model_average.name:
+        return "avg"
+    if name == layout.model_best.name:
+        return "best"
+    if name == layout.model.name or WEIGHTS_PATTERN.search(name):
+        return "last"
+    return Path(path).stem
+
+
 def read_weights(path: str | Path) -> dict:
     """A weights file's state dict (names to tensors), with a RunError naming the file when it is not one."""
     path = Path(path)
@@ -559,7 +614,9 @@ def load_model(run_dir: str | Path, use_average: bool = True, device: str | torc
     config.yml after checking it against the config stored in the run's checkpoints (check_trained_config)."""
     config = load_run_config(run_dir)
     torch.manual_seed(config.trainer.seed)  # the random-weights baseline is the run's own initialisation
-    model = build_speaker_model(config.encoder, config.features)
+    # the saved weights replace any pretrained ones (no download or checkpoint file needed to reload a run)
+    with contextlib.nullcontext() if random_weights else saved_weights_follow():
+        model = build_speaker_model(config.encoder, config.features)
     source = "random weights"
     if not random_weights:
         path = run_weights(run_dir, use_average, best)

@@ -50,6 +50,11 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
                          help="EM iterations of the PLDA training (default 10)")
     parser.add_argument("--compare", nargs="+", metavar="RUN",
                         help="other runs scored the same way: one DET figure det_<trials>_compare.png, a row each")
+    parser.add_argument("--force", action="store_true",
+                        help="replace outputs of an earlier evaluation with the same trials, back-ends and weights "
+                             "(score files, results.json entries, plots); without it they are refused before any work")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="embed every file again instead of reusing RUN/embedding_cache (nothing is stored)")
     return parser
 
 
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None, prog: str = "sslsv evaluate") -> int:
         run_dir = args.run or latest_run()
         print(f"evaluating {run_dir}")
         evaluate_run(run_dir, args.trials, use_average=False if args.weights == "last" else None, device=args.device,
-                     random_baseline=args.random_baseline, backends=backends, compare=args.compare, best=args.weights == "best",
-                     audio_root=args.audio_root)
+                     random_baseline=args.random_baseline, backends=backends, compare=args.compare,
+                     best=args.weights == "best", audio_root=args.audio_root, overwrite=args.force,
+                     cache=not args.no_cache)
 
     return run_command(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sslsv.cli.errors import run_command
+from sslsv.cli.options import add_weights_option, weights_choice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--p-target", type=float, default=0.5, help="prior of the training objective (0.5 = Cllr)")
     parser.add_argument("-o", "--output", help="output folder (default: RUN1/fusion)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_weights_option(parser)
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing outputs (<trials>.score/.json/_correlation.png, and the "
+                             "--make-calibration file); without it they are refused before any work")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="embed every file again instead of reusing each run's RUN/embedding_cache")
     return parser
 
 
@@ -37,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         from sslsv.evaluation.fusion import fuse_runs
 
+        use_average, best = weights_choice(args)
         result = fuse_runs(args.runs, args.trials, args.calibration_trials, calibration_root=args.calibration_root,
                            make_calibration=args.make_calibration, p_target=args.p_target, output=args.output,
-                           device=args.device, progress=True)
+                           device=args.device, progress=True, use_average=use_average, best=best,
+                           overwrite=args.force, cache=not args.no_cache)
         print(format_rows(result["systems"]))
         weights = [round(w, 3) for w in result["calibration"]["weights"]]
         print(f"{result['name']}: EER {result['eer']:.2f} %, minDCF0.01 {result['min_dcf_001']:.4f}, "

@@ -14,11 +14,30 @@ What is read of each source (a file, or an in-memory waveform already at the mod
   batches are consecutive sources within the audio budget.
 
 One Dataset (`_AudioDataset`) reads a planned batch, and one loop (`_embed_batches`) runs the model on them.
+
+Embedding cache (`embedding_cache`): inside `with embedding_cache(RunLayout(run).embedding_cache):` (what `sslsv
+evaluate`, `fuse`, `analyze` and `pseudo-label` do unless given --no-cache), extract_embeddings of audio files by
+an nn.Module keeps each file's embedding and reuses it on a later call. An entry is used only when every part of its
+key is unchanged: the weights (a content hash of the model's state dict, its class and repr: another weights file,
+averaged or random weights, any edited tensor invalidate), the extraction settings (sample rate, crops: count,
+seconds and seed, max_trim; the embeddings are always the raw, un-normalised ones), and the file (absolute path,
+size and mtime in ns; a seeded crop also by its row). Only the files without a valid entry are embedded, batched
+among themselves: their embeddings can differ from those of a complete re-extraction by what max_trim allows
+(a file cut by at most that fraction of its length; evaluation.max_trim = 0 makes every embedding exact).
+Entries are stored in parts (`<folder>/<key>/part_*.pt`, each written atomically by sslsv.runs.atomic_save and
+read memory-mapped); a 9th part merges them all into one. The device is not part of the key (CPU and GPU
+embeddings agree to float tolerance).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from math import ceil, gcd
 from pathlib import Path
@@ -31,7 +50,8 @@ from torch.utils.data import DataLoader, Dataset
 from sslsv.audio.io import AudioError, audio_info, read_audio, read_crop
 from sslsv.evaluation.errors import EvaluationError
 
-__all__ = ["Crops", "crop_starts", "extract_embeddings", "plan_batches", "read_crops"]
+__all__ = ["Crops", "EmbeddingCache", "crop_starts", "embedding_cache", "extract_embeddings", "model_fingerprint",
+           "plan_batches", "read_crops"]
 
 Source = Union[str, Path, np.ndarray, torch.Tensor]
 
@@ -164,11 +184,13 @@ class _AudioDataset(Dataset):
     (B,) source rows. A file that cannot be read raises the reader's AudioError; re-raised from a DataLoader worker
     it keeps its one-line message (sslsv.audio.io.AudioError drops the worker's traceback)."""
 
-    def __init__(self, sources: list, batches: list[np.ndarray], sample_rate: int, crops: Crops | None):
+    def __init__(self, sources: list, batches: list[np.ndarray], sample_rate: int, crops: Crops | None,
+                 seed_rows: Sequence[int] | None = None):
         self.sources = sources
         self.batches = batches
         self.sample_rate = sample_rate
         self.crops = crops
+        self.seed_rows = seed_rows  # row of each source in the caller's list (seeded crops); None: its index
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -178,7 +200,7 @@ class _AudioDataset(Dataset):
         if isinstance(source, np.ndarray):
             return source
         if self.crops is not None:
-            return self.crops.read(source, self.sample_rate, row)
+            return self.crops.read(source, self.sample_rate, row if self.seed_rows is None else self.seed_rows[row])
         return read_audio(source, self.sample_rate)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,10 +332,26 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
     sources = _sources(paths, root, crops)
     if not sources:
         return torch.empty(0, 0, dtype=torch.float32) if crops is None else torch.empty(0, crops.count, 0)
+
+    def extract(chosen: list, seed_rows: list[int] | None) -> torch.Tensor:
+        return _extract(model, chosen, seed_rows, sample_rate, device, batch_seconds, max_trim, progress,
+                        num_workers, crops, batch_size)
+
+    folder = _CACHE_FOLDER.get()
+    if folder is None or not isinstance(model, torch.nn.Module) or not all(isinstance(s, str) for s in sources):
+        return extract(sources, None)
+    cache = EmbeddingCache.for_model(folder, model, sample_rate, crops, max_trim)
+    return cache.extract(sources, crops, extract)
+
+
+def _extract(model, sources: list, seed_rows: list[int] | None, sample_rate: int, device: torch.device,
+             batch_seconds: float, max_trim: float, progress: bool, num_workers: int, crops: Crops | None,
+             batch_size: int | None) -> torch.Tensor:
+    """extract_embeddings of resolved sources, without the cache."""
     lengths = _lengths(sources, sample_rate, crops, num_workers)
     batches = plan_batches(lengths, batch_seconds * sample_rate, max_trim if crops is None else 0.0, batch_size)
-    loader = DataLoader(_AudioDataset(sources, batches, sample_rate, crops), batch_size=None, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(_AudioDataset(sources, batches, sample_rate, crops, seed_rows), batch_size=None,
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -355,3 +393,143 @@ def _non_finite_weights(model) -> list[str]:
         return []
     tensors = [*model.named_parameters(), *model.named_buffers()]
     return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+_CACHE_FOLDER: ContextVar[Path | None] = ContextVar("sslsv_embedding_cache", default=None)
+CACHE_MAX_PARTS = 8  # a 9th part merges all of them into one
+
+
+@contextmanager
+def embedding_cache(folder: str | Path | None):
+    """Within the block, extract_embeddings of audio files by an nn.Module reuses and stores embeddings under
+    `folder` (normally RunLayout(run).embedding_cache); None disables the cache (--no-cache). See the module
+    docstring for the key."""
+    token = _CACHE_FOLDER.set(Path(folder) if folder is not None else None)
+    try:
+        yield
+    finally:
+        _CACHE_FOLDER.reset(token)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Content hash of a model's weights: its class, its repr (layer settings) and every tensor of its state dict
+    (name, dtype, shape, bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"\n{name} {flat.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _file_key(path: str, row: int, crops: Crops | None) -> tuple[str, int, int]:
+    """(name, size, mtime_ns) of an audio file's entry; a seeded crop's name carries the row it is drawn for."""
+    stat = os.stat(path)
+    name = os.path.abspath(path)
+    if crops is not None and crops.seed is not None:
+        name += f"#row{crops.first_row + row}"
+    return name, int(stat.st_size), int(stat.st_mtime_ns)
+
+
+class EmbeddingCache:
+    """The entries of one (weights, extraction settings) key: `<folder>/<key>/part_*.pt` plus key.json, which
+    describes the key. Use through `embedding_cache`; `extract` serves what it holds and embeds the rest."""
+
+    def __init__(self, folder: str | Path, key: dict):
+        self.key = key
+        digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=10).hexdigest()
+        self.folder = Path(folder) / digest
+
+    @classmethod
+    def for_model(cls, folder: str | Path, model: torch.nn.Module, sample_rate: int, crops: Crops | None,
+                  max_trim: float) -> "EmbeddingCache":
+        settings = {"sample_rate": sample_rate, "embeddings": "raw",
+                    "crops": None if crops is None else {"count": crops.count, "seconds": crops.seconds,
+                                                         "seed": crops.seed},
+                    "max_trim": max_trim if crops is None else None}
+        return cls(folder, {"weights": model_fingerprint(model), **settings})
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part_*.pt"))
+
+    def _load(self) -> tuple[dict[str, tuple[int, int, int, int]], list[dict]]:
+        """{name: (part, row, size, mtime_ns)} of the newest entry of each file, and the loaded parts."""
+        index: dict[str, tuple[int, int, int, int]] = {}
+        loaded = []
+        for path in self.parts():
+            try:
+                part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except FileNotFoundError:  # merged away by another process meanwhile
+                continue
+            except Exception as error:  # noqa: BLE001 - a damaged part is a miss, not a failure
+                print(f"warning: ignoring the unreadable embedding-cache part {path} ({type(error).__name__})")
+                continue
+            number = len(loaded)
+            loaded.append({**part, "path": path})
+            for row, (name, size, mtime) in enumerate(zip(part["files"], part["sizes"].tolist(),
+                                                          part["mtimes"].tolist())):
+                index[name] = (number, row, size, mtime)
+        return index, loaded
+
+    def extract(self, sources: list[str], crops: Crops | None,
+                compute: Callable[[list, list[int]], torch.Tensor]) -> torch.Tensor:
+        """Embeddings of `sources` (rows in order): valid entries from the cache, the others from
+        compute(sources subset, their rows), which are then stored. Prints one line with hits and misses."""
+        keys = [_file_key(source, row, crops) for row, source in enumerate(sources)]
+        index, parts = self._load()
+        hits: dict[int, list[tuple[int, int]]] = {}  # part -> [(source row, part row)]
+        missing = []
+        for row, (name, size, mtime) in enumerate(keys):
+            entry = index.get(name)
+            if entry is not None and entry[2:] == (size, mtime):
+                hits.setdefault(entry[0], []).append((row, entry[1]))
+            else:
+                missing.append(row)
+        computed = compute([sources[i] for i in missing], missing) if missing else None
+        found = {number: parts[number]["embeddings"][torch.as_tensor([r for _, r in pairs])]
+                 for number, pairs in hits.items()}
+        sample = computed if computed is not None else next(iter(found.values()))
+        out = torch.empty(len(sources), *sample.shape[1:], dtype=torch.float32)
+        for number, pairs in hits.items():
+            out[torch.as_tensor([row for row, _ in pairs])] = found[number]
+        if computed is not None:
+            out[torch.as_tensor(missing)] = computed
+            self._store([keys[i] for i in missing], computed, len(parts))
+        print(f"embedding cache {self.folder}: {len(sources) - len(missing)} of {len(sources)} files cached (hit), "
+              f"{len(missing)} embedded (miss)")
+        return out
+
+    def _store(self, keys: list[tuple[str, int, int]], embeddings: torch.Tensor, existing_parts: int) -> None:
+        from sslsv.runs import atomic_save
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        description = self.folder / "key.json"
+        if not description.exists():
+            description.write_text(json.dumps(self.key, indent=1))
+        name = f"part_{time.time_ns():020d}_{os.getpid()}.pt"
+        atomic_save(_part(keys, embeddings), self.folder / name)
+        if existing_parts + 1 > CACHE_MAX_PARTS:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Rewrite the newest entry of every file into one part, then delete the parts it was read from."""
+        from sslsv.runs import atomic_save
+
+        index, parts = self._load()
+        if len(parts) < 2:
+            return
+        names = sorted(index, key=lambda n: index[n][:2])
+        keys = [(n, index[n][2], index[n][3]) for n in names]
+        rows = torch.stack([parts[index[n][0]]["embeddings"][index[n][1]] for n in names])
+        atomic_save(_part(keys, rows), self.folder / f"part_{time.time_ns():020d}_{os.getpid()}.pt")
+        for part in parts:
+            part["path"].unlink(missing_ok=True)
+
+
+def _part(keys: list[tuple[str, int, int]], embeddings: torch.Tensor) -> dict:
+    return {"files": [k[0] for k in keys], "sizes": torch.tensor([k[1] for k in keys], dtype=torch.int64),
+            "mtimes": torch.tensor([k[2] for k in keys], dtype=torch.int64),
+            "embeddings": embeddings.detach().to(torch.float32).contiguous()}

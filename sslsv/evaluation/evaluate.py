@@ -24,7 +24,7 @@ from sslsv.audio.io import check_audio_files
 from sslsv.data.manifest import Manifest, read_manifest
 from sslsv.data.trials import Trials, check_trial_labels, locate_trial_audio, resolve_trials
 from sslsv.evaluation.analysis import plot_score_histograms
-from sslsv.evaluation.embeddings import Crops, extract_embeddings
+from sslsv.evaluation.embeddings import Crops, embedding_cache, extract_embeddings
 from sslsv.evaluation.metrics import (VerificationMetrics, compute_act_dcf, compute_cllr, compute_metrics,
                                       compute_min_cllr)
 from sslsv.evaluation.multicrop import multicrop_scores
@@ -33,7 +33,7 @@ from sslsv.evaluation.plda import PLDA, PLDAError
 from sslsv.evaluation.plots import plot_det
 from sslsv.evaluation.scoring import cosine_scores, index_trials, write_scores
 from sslsv.distributed import resolve_device
-from sslsv.runs import RunError, load_model, load_run_config
+from sslsv.runs import RunError, RunLayout, load_model, load_run_config, run_weights, weights_name
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,13 @@ class Backends:
     def plda_name(self) -> str:
         """Name of the PLDA back-end: plda (full length) or crops<N>x<L>s_plda."""
         return "plda" if self.crops is None else f"{self.base}_plda"
+
+    @property
+    def tag(self) -> str:
+        """What output names add for these back-ends: "" for plain full-length cosine, else e.g. "_asnorm",
+        "_crops5x2s_znorm_plda" (the base when it is not cosine, the normalisations, plda)."""
+        parts = ([] if self.crops is None else [self.base]) + list(self.norms) + (["plda"] if self.plda else [])
+        return "".join(f"_{part}" for part in parts)
 
     def names(self) -> list[str]:
         return ([self.base] + [n if self.crops is None else f"{self.base}_{n}" for n in self.norms]
@@ -370,6 +377,7 @@ class _RunEvaluation:
         self.training: dict[tuple[str, bool], TrainingEmbeddings] = {}
         self.checked: dict[tuple[str, str], CheckedTrials] = {}
         self.table: list[tuple] = []
+        self.suffix = ""  # weights_suffix of the evaluated run
 
     def trials(self, name: str, config: Config) -> CheckedTrials:
         """The checked trial list `name` under the config's data root (checked once per data root)."""
@@ -416,11 +424,59 @@ def _record(run_dir: Path, name: str, suffix: str, trials: Trials, scores: dict,
     metrics = {backend: full_metrics(values, trials.labels) for backend, values in scores.items()}
     for backend, values in scores.items():
         plain = backend == "cosine"
-        file_name = f"{slug(name)}{suffix}" + ("" if plain else f"_{backend}")
-        write_scores(run_dir / "scores" / f"{file_name}.score", trials.enroll, trials.test, values, trials.labels)
-        results[f"test/{slug(name)}{suffix}" + ("" if plain else f"/{backend}")] = {
+        write_scores(RunLayout(run_dir).score_file(_system_name(name, suffix, backend)), trials.enroll, trials.test,
+                     values, trials.labels)
+        results[_results_key(name, suffix, backend)] = {
             **metrics[backend], **info[backend], "weights": source}
     return metrics
+
+
+def _system_name(trials_name: str, suffix: str, backend: str) -> str:
+    """Score-file name of one system: <trials>[_random|_last|_best][_<back-end>] (plain cosine: no back-end)."""
+    return f"{slug(trials_name)}{suffix}" + ("" if backend == "cosine" else f"_{backend}")
+
+
+def _results_key(trials_name: str, suffix: str, backend: str) -> str:
+    """results.json key of one system: test/<trials>[_random|_last|_best][/<back-end>]."""
+    return f"test/{slug(trials_name)}{suffix}" + ("" if backend == "cosine" else f"/{backend}")
+
+
+def weights_suffix(run_dir: str | Path, average: bool, best: bool, default_average: bool) -> str:
+    """What output names add for the evaluated weights: "" for the run's default weights (those evaluate uses
+    without --weights: evaluation.use_average), else _avg, _last or _best (sslsv.runs.weights_name)."""
+    chosen = weights_name(run_weights(run_dir, average, best))
+    return "" if chosen == weights_name(run_weights(run_dir, default_average)) else f"_{chosen}"
+
+
+def planned_outputs(run_dir: str | Path, names: list[str], backends: Backends, suffix: str, random_baseline: bool,
+                    plots: bool, compare: bool) -> tuple[list[Path], list[str]]:
+    """(files, results.json keys) that evaluate_run will write for these trial lists, back-ends and weights."""
+    layout = RunLayout(run_dir)
+    files, keys = [], []
+    for name in names:
+        for system_suffix in [suffix] + (["_random"] if random_baseline else []):
+            for backend in backends.names():
+                files.append(layout.score_file(_system_name(name, system_suffix, backend)))
+                keys.append(_results_key(name, system_suffix, backend))
+        if plots:
+            figure = f"{slug(name)}{suffix}{backends.tag}"
+            files += [layout.det_plot(figure), layout.histogram_plot(figure)]
+            files += [layout.det_plot(f"{figure}_compare")] if compare else []
+    return files, keys
+
+
+def check_new_outputs(files: list[Path], overwrite: bool, keys: list[str] = (), store: Path | None = None) -> None:
+    """Refuse (FileExistsError, one line naming the first one) outputs that exist already, unless overwrite:
+    files, and keys already present in the JSON file `store` (results.json). Called before any model work."""
+    if overwrite:
+        return
+    existing = [str(f) for f in files if Path(f).exists()]
+    if keys and store is not None and store.exists():
+        held = json.loads(store.read_text())
+        existing += [f"{store} key {key}" for key in keys if key in held]
+    if existing:
+        more = f" (and {len(existing) - 1} more output(s) of this command)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} exists{more}; pass --force to replace it")
 
 
 def _score_run_systems(state: _RunEvaluation, run_dir: Path, name: str, systems: dict[str, bool], results: dict,
@@ -430,7 +486,8 @@ def _score_run_systems(state: _RunEvaluation, run_dir: Path, name: str, systems:
     curves, histograms, compared = {}, {}, {}
     for label, random_weights in systems.items():
         trials, scores, info, source = state.score(run_dir, name, random_weights)
-        metrics = _record(run_dir, name, "_random" if random_weights else "", trials, scores, info, source, results)
+        metrics = _record(run_dir, name, "_random" if random_weights else state.suffix, trials, scores, info, source,
+                          results)
         for backend, values in scores.items():
             system = label if backend == "cosine" else f"{label}, {backend}"
             curves[f"{run_label(run_dir)} ({system})"] = (values, trials.labels)
@@ -439,8 +496,9 @@ def _score_run_systems(state: _RunEvaluation, run_dir: Path, name: str, systems:
             if not random_weights:
                 compared[_curve_name(run_dir, backend, len(scores))] = (values, trials.labels)
     if plots:
-        plot_det(curves, run_dir / f"det_{slug(name)}.png", title=f"{run_dir} on {name}")
-        plot_score_histograms(histograms, run_dir / f"hist_{slug(name)}.png")
+        figure = f"{slug(name)}{state.suffix}{state.backends.tag}"
+        plot_det(curves, RunLayout(run_dir).det_plot(figure), title=f"{run_dir} on {name}")
+        plot_score_histograms(histograms, RunLayout(run_dir).histogram_plot(figure))
     return compared
 
 
@@ -456,15 +514,21 @@ def _score_compared_runs(state: _RunEvaluation, others: list[Path], name: str, c
 def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use_average: bool | None = None,
                  device: str = "auto", random_baseline: bool = False, progress: bool = True,
                  backends: Backends | None = None, compare: list[str | Path] | None = None,
-                 plots: bool = True, best: bool = False, audio_root: str | Path | None = None) -> dict:
+                 plots: bool = True, best: bool = False, audio_root: str | Path | None = None,
+                 overwrite: bool = True, cache: bool = True) -> dict:
     """Evaluate a run on each trial list and write its outputs; returns the updated results.json content.
 
-    Writes, per trial list <t> (file-name-safe, see slug) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
-    crops<N>x<L>s_asnorm, plda; see Backends): scores/<t>[_random][_<b>].score, results.json keys
-    test/<t>[_random][/<b>] (plain full-length cosine: test/<t> and scores/<t>.score, without a back-end
-    suffix), det_<t>.png (every system and back-end), hist_<t>.png (target / non-target score histograms) and,
-    with `compare`, det_<t>_compare.png with this run's and the other runs' curves. The other runs are scored
-    with the same back-ends (each with its own training cohort) but nothing is written into their folders.
+    Writes, per trial list <t> (file-name-safe, see slug), weights <w> (nothing for the run's default weights,
+    else _avg, _last or _best: weights_suffix) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
+    crops<N>x<L>s_asnorm, plda; see Backends): scores/<t>[<w>|_random][_<b>].score, results.json keys
+    test/<t>[<w>|_random][/<b>] (plain full-length cosine: test/<t> and scores/<t>.score, without a back-end
+    suffix), det_<t><w><B>.png (every system and back-end; <B> is Backends.tag, e.g. _asnorm), hist_<t><w><B>.png
+    (target / non-target score histograms) and, with `compare`, det_<t><w><B>_compare.png with this run's and the
+    other runs' curves. overwrite=False refuses (FileExistsError naming the first one) when any of these files or
+    results.json keys exists, after the trial lists are checked and before any model is loaded (the command line's
+    default; --force sets it). cache: embeddings go through the run's embedding cache (RunLayout.embedding_cache;
+    compared runs too, in this run's folder, keyed by their weights). The other runs are scored with the same
+    back-ends (each with its own training cohort) but nothing is written into their folders.
     plots=False skips the figures (score files and results.json are still written). best=True evaluates
     model_best.pt (the best validation score) instead; every results.json entry names its weights file.
 
@@ -480,19 +544,25 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
     systems = {"trained": False} | ({"random weights": True} if random_baseline else {})
     others = [Path(r) for r in (compare or [])]
     state = _RunEvaluation(backends or Backends(), torch_device, average, best, progress, audio_root)
+    state.suffix = weights_suffix(run_dir, average, best, config.evaluation.use_average)
     for run_config in [config, *(load_run_config(other) for other in others)]:  # fail before any model work
         for name in names:
             state.trials(name, run_config)
         if state.backends.plda:
             plda_training_manifest(run_config, state.backends)
-    results_path = run_dir / "results.json"
+    files, keys = planned_outputs(run_dir, names, state.backends, state.suffix, random_baseline, plots, bool(others))
+    layout = RunLayout(run_dir)
+    check_new_outputs(files, overwrite, keys, layout.results)  # after the inputs' checks, before any model work
+    results_path = layout.results
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in names:
-        compared = _score_run_systems(state, run_dir, name, systems, results, plots)
-        if others:
-            _score_compared_runs(state, others, name, compared)
-            if plots:
-                plot_det(compared, run_dir / f"det_{slug(name)}_compare.png", title=f"{len(others) + 1} runs on {name}")
+    with embedding_cache(layout.embedding_cache if cache else None):
+        for name in names:
+            compared = _score_run_systems(state, run_dir, name, systems, results, plots)
+            if others:
+                _score_compared_runs(state, others, name, compared)
+                if plots:
+                    plot_det(compared, layout.det_plot(f"{slug(name)}{state.suffix}{state.backends.tag}_compare"),
+                             title=f"{len(others) + 1} runs on {name}")
     results_path.write_text(json.dumps(results, indent=2))
     print(format_table(state.table, show_run=bool(others)))
     return results

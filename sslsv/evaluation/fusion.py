@@ -19,11 +19,12 @@ from sslsv.data.manifest import read_manifest
 from sslsv.data.trials import read_trials, write_trials
 from sslsv.distributed import resolve_device
 from sslsv.evaluation.calibration import make_calibration_trials, train_calibration
-from sslsv.evaluation.evaluate import check_trials, score_trials
+from sslsv.evaluation.embeddings import embedding_cache
+from sslsv.evaluation.evaluate import check_new_outputs, check_trials, score_trials, weights_suffix
 from sslsv.evaluation.metrics import compute_act_dcf, compute_cllr, compute_metrics, compute_min_cllr
 from sslsv.evaluation.plots import run_names, save_figure
 from sslsv.evaluation.scoring import write_scores
-from sslsv.runs import RunError, load_model, load_run_config
+from sslsv.runs import RunError, RunLayout, load_model, load_run_config
 
 __all__ = ["fuse_runs", "plot_score_correlation"]
 
@@ -57,7 +58,8 @@ def plot_score_correlation(scores: Sequence, names: Sequence[str], path: str | P
 def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str | Path,
               calibration_root: str | Path | None = None, make_calibration: int | None = None,
               p_target: float = 0.5, output: str | Path | None = None, device: str = "auto",
-              progress: bool = False) -> dict:
+              progress: bool = False, use_average: bool = True, best: bool = False, overwrite: bool = True,
+              cache: bool = True) -> dict:
     """Calibrate one run's scores, or fuse several runs' scores, on a test trial list.
 
     Args:
@@ -73,6 +75,11 @@ def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str |
         output: output folder (default: RUNS[0]/fusion).
         device: "auto", "cpu", "cuda" or "cuda:N".
         progress: show embedding-extraction progress bars.
+        use_average, best: which weights of every run (sslsv.runs.run_weights); the output name is
+            <trials>[_last|_best] (nothing for the first run's default weights, as in evaluate_run).
+        overwrite: False refuses (FileExistsError) when an output (or, with make_calibration, the calibration
+            trial file) exists, before any model is loaded; the command line's default (--force sets it).
+        cache: embeddings go through each run's embedding cache (RUN/embedding_cache).
 
     Returns:
         The dict written to `<output>/<name>.json` (EER, minDCFs, Cllr, min Cllr, actDCF0.01 of the calibrated
@@ -89,6 +96,11 @@ def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str |
     torch_device = resolve_device(device)
     config = load_run_config(runs[0])
     root = Path(config.dataset.data_root)
+    out = Path(output) if output else RunLayout(runs[0]).fusion
+    name = Path(str(trials)).stem + weights_suffix(runs[0], use_average, best, config.evaluation.use_average)
+    planned = [out / f"{name}.score", out / f"{name}.json"]
+    planned += [out / f"{name}_correlation.png"] if len(runs) > 1 else []
+    check_new_outputs(planned + ([Path(calibration_trials)] if make_calibration else []), overwrite)
     if make_calibration:
         manifest = read_manifest(root / config.dataset.manifest)
         write_trials(make_calibration_trials(manifest, make_calibration), calibration_trials)
@@ -99,17 +111,16 @@ def fuse_runs(runs: Sequence[str | Path], trials: str, calibration_trials: str |
     test = None
     cal_scores, test_scores = [], []
     for run in runs:
-        model, run_config, _ = load_model(run, True, torch_device)
-        _, scores = score_trials(model, calibration, run_config, torch_device, progress=progress)
-        cal_scores.append(scores)
-        test, scores = score_trials(model, trials, run_config, torch_device, progress=progress)
+        model, run_config, _ = load_model(run, use_average, torch_device, best=best)
+        with embedding_cache(RunLayout(run).embedding_cache if cache else None):
+            _, scores = score_trials(model, calibration, run_config, torch_device, progress=progress)
+            cal_scores.append(scores)
+            test, scores = score_trials(model, trials, run_config, torch_device, progress=progress)
         test_scores.append(scores)
         del model
 
     calibration_model = train_calibration(cal_scores, calibration.trials.labels, p_target=p_target)
     llr = calibration_model.apply(test_scores)
-    out = Path(output) if output else Path(runs[0]) / "fusion"
-    name = Path(trials).stem
     write_scores(out / f"{name}.score", test.enroll, test.test, llr, test.labels)
     metrics = compute_metrics(llr, test.labels)
     result = {**asdict(metrics), "cllr": compute_cllr(llr, test.labels),

@@ -149,10 +149,22 @@ def plot_det(curves: Mapping[str, tuple], path: str | Path, title: str | None = 
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
-    """Save as PNG, creating the folder; the bounding box is tight so that legends outside the axes are kept."""
+    """Save as PNG, creating the folder; the bounding box is tight so that legends outside the axes are kept.
+    Written to a temporary file renamed over `path`, so an interrupted save never leaves half a figure. Callers
+    that must not replace an existing figure check first (sslsv.evaluation.evaluate.check_new_outputs)."""
+    import os
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -52,7 +52,7 @@ def test_best_weights_are_model_best(run, tmp_path):
     shutil.copy(copy / "model.pt", copy / "model_best.pt")
     assert load_model(copy, best=True)[2].endswith("model_best.pt")
     results = evaluate_run(copy, [TRIALS], best=True, progress=False, plots=False)
-    assert results["test/tiny_small_trials"]["weights"].endswith("model_best.pt")
+    assert results["test/tiny_small_trials_best"]["weights"].endswith("model_best.pt")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     bad = subprocess.run([sys.executable, "evaluate.py", str(copy), "--weights", "newest"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
@@ -69,7 +69,7 @@ def test_latest_run_and_missing_run(run, tmp_path):
 
 def test_evaluate_cli(run):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", TRIALS], cwd=ROOT,
+    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--trials", TRIALS, "--force"], cwd=ROOT,
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert TRIALS in result.stdout and "EER" in result.stdout

@@ -116,7 +116,8 @@ def test_norm_backends_through_evaluate_run(tiny_run, trials, tmp_path, capsys):
         assert len(read_scores(run / "scores" / f"{KEY}_{norm}.score").scores) == 15
     assert results[f"test/{KEY}/asnorm"]["top_n"] == 4 and "top_n" not in results[f"test/{KEY}/znorm"]
     assert len(read_scores(run / "scores" / f"{KEY}.score").scores) == 15
-    assert (run / f"hist_{KEY}.png").stat().st_size > 1000 and (run / f"det_{KEY}.png").is_file()
+    assert (run / f"hist_{KEY}_znorm_tnorm_snorm_asnorm.png").stat().st_size > 1000
+    assert (run / f"det_{KEY}_znorm_tnorm_snorm_asnorm.png").is_file()
     assert json.loads((run / "results.json").read_text()) == results
     with pytest.raises(RunError, match="unknown normalisation"):
         Backends(norms=("cnorm",))
@@ -130,7 +131,7 @@ def test_multicrop_backend_and_compare(tiny_run, trials, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "averaged per speaker" in out and "USES speaker labels" in out
     assert "simclr/b" in out and "dino/c" in out  # a table row per run
-    assert (run / f"det_{KEY}_compare.png").stat().st_size > 1000
+    assert (run / f"det_{KEY}_crops3x0.5s_asnorm_compare.png").stat().st_size > 1000
     assert not (other / "results.json").exists()  # compared runs are read, not written
     assert f"test/{KEY}" not in results  # multi-crop replaces the full-length scores
     entry = results[f"test/{KEY}/crops3x0.5s_asnorm"]

@@ -138,7 +138,7 @@ def test_plda_backend_end_to_end_through_the_cli(tiny_run, tiny_data, tmp_path, 
     pseudo = tmp_path / "pseudo.csv"
     pseudo.write_text("File,Speaker\n" + "".join(f"{r[0]},c{r[1][-1]}{r[2][-1]}\n" for r in rows))
     assert evaluate_main([str(run), "--trials", trials, "--plda", "--plda-manifest", str(pseudo),
-                          "--plda-lda-dim", "2", "--device", "cpu"]) == 0
+                          "--plda-lda-dim", "2", "--device", "cpu", "--force"]) == 0
     assert "PLDA: 12 utterances of 4 speakers" in capsys.readouterr().out
     entry = json.loads((run / "results.json").read_text())[f"test/{KEY}/plda"]
     assert entry["plda_manifest"] == str(pseudo) and entry["plda_lda_dim"] == 2 and entry["plda_dim"] == 2
