@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo-corpus": ("demo_corpus", "main", "build the synthetic espeak-ng demo corpus (VoxCeleb layout)"),
     "prepare": ("data", "prepare_main", "prepare VoxCeleb1/2, MUSAN or RIRs under a data root"),
     "check-manifest": ("data", "check_manifest_main", "check every file of a manifest (missing, unreadable, ...)"),
+    "shards": ("shards", "main", "write a manifest as tar shards for streaming training (wespeaker layout)"),
     "embed": ("run_tools", "embed_main", "embed audio files (or a wav.scp) with a trained run: npy, npz or "
                                          "Kaldi ark/scp"),
     "score": ("run_tools", "score_main", "cosine score of two audio files with a trained run, and a decision"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -88,15 +89,28 @@ class TrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         row, seed = key
         rng = np.random.default_rng([seed, row])
-        waves, plans = [], []
-        for v, spec in enumerate(self.views):
+
+        def crop(view: int, num_samples: int) -> np.ndarray:
             source = row
-            if self.positive_sampling == "supervised" and v > 0:
+            if self.positive_sampling == "supervised" and view > 0:
                 source = self._positive_row(row, rng)
-            waves.append(self._crop(source, spec.num_samples, rng))
-            if self.augmentation is not None:
-                plans.append(self.augmentation.draw(rng, spec.num_samples))
+            return self._crop(source, num_samples, rng)
+
+        waves, plans = draw_views(crop, self.views, self.augmentation, rng)
         return {"views": waves, "plans": plans, "label": int(self.labels[row]), "index": row}
+
+
+def draw_views(crop: Callable[[int, int], np.ndarray], views: list[ViewSpec],
+               augmentation: AugmentationSources | None, rng: np.random.Generator) -> tuple[list, list]:
+    """The views of one sample and their augmentation plans, in the order every dataset draws them from the
+    sample's generator `rng`: for each view, its crop (`crop(view, num_samples)`, which draws from `rng`), then its
+    plan. The file dataset and the shard stream (sslsv.data.shards) both build samples here."""
+    waves, plans = [], []
+    for v, spec in enumerate(views):
+        waves.append(crop(v, spec.num_samples))
+        if augmentation is not None:
+            plans.append(augmentation.draw(rng, spec.num_samples))
+    return waves, plans
 
 
 def collate(items: list[dict]) -> dict:

@@ -127,6 +127,23 @@ def use_gpu(choice: str) -> bool:
     return choice != "no" and gpus > 0
 
 
+def to_gpus(index):
+    """A CPU faiss index moved to the GPUs faiss sees (call only when `use_gpu` said yes): one GPU through
+    StandardGpuResources; several as one index sharded across them (GpuMultipleClonerOptions.shard: each GPU holds
+    1/G of the vectors, here the centroids; a query goes to every shard and the results are merged), so that K
+    centroids need K x D x 4 / G bytes per GPU. The search results are those of the CPU index up to float rounding."""
+    import faiss
+
+    if faiss.get_num_gpus() <= 1:
+        resources = faiss.StandardGpuResources()
+        moved = faiss.index_cpu_to_gpu(resources, 0, index)
+        moved.referenced_objects = [*getattr(moved, "referenced_objects", []), resources]  # pool lives with it
+        return moved
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss.index_cpu_to_all_gpus(index, co=options)
+
+
 # ------------------------------------------------------------------------------------------------ k-means
 
 
@@ -147,7 +164,9 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, spherical: bool = True, 
     if len(x) < k:
         raise ValueError(f"k-means with {k} clusters needs at least {k} points, got {len(x)}")
     model = faiss.Kmeans(x.shape[1], k, niter=iterations, spherical=spherical, seed=seed, verbose=verbose,
-                         max_points_per_centroid=max_points_per_centroid, gpu=gpu)
+                         max_points_per_centroid=max_points_per_centroid)
+    if gpu:  # the same Lloyd iterations, subsample and initialisation (drawn on the CPU); the searches on GPUs
+        model.index = to_gpus(model.index)
     model.train(x)  # faiss subsamples to max_points_per_centroid * k points and initialises from random points
     distances, assignments = model.index.search(x, 1)  # blocked search: memory O(N), not O(N x K)
     return model.centroids.astype(np.float32), assignments[:, 0].astype(np.int64), distances[:, 0]
@@ -218,7 +237,7 @@ def knn_graph(points: np.ndarray, neighbors: int, gpu: bool = False):
     k = min(neighbors + 1, n)
     index = faiss.IndexFlatIP(points.shape[1])
     if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
+        index = to_gpus(index)
     index.add(np.ascontiguousarray(points, dtype=np.float32))
     _, nearest = index.search(np.ascontiguousarray(points, dtype=np.float32), k)  # (n, k), self first
     rows = np.repeat(np.arange(n), k)
