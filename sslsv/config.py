@@ -91,6 +91,9 @@ class ViewGroup:
 
     count: int = 2
     seconds: float = 2.0
+    # false: these views skip augmentation (their plans are still drawn, so the other views' randomness does not
+    # change); e.g. SSPS's clean reference crop
+    augment: bool = True
 
     def __post_init__(self) -> None:
         require(self.count >= 1, "dataset.views.count", "at least 1", self.count)
@@ -101,6 +104,9 @@ class ViewGroup:
 class DatasetConfig:
     data_root: str = "data"  # manifest, trial lists and audio paths are relative to it
     manifest: str = "voxceleb2/train.csv"
+    # A shard.list written by `sslsv shards` (relative to data_root): training streams these tar shards instead of
+    # reading the manifest's files; the manifest still serves evaluation cohorts, PLDA and pseudo-labelling.
+    shards: str | None = None
     # Views produced per utterance, in order: the first group is the "global" one (e.g. DINO: 2 x 4 s, 4 x 2 s).
     views: list[ViewGroup] = field(default_factory=lambda: [ViewGroup(2, 2.0)])
     batch_size: int = 256  # global batch: divided across ranks under torchrun
@@ -168,7 +174,14 @@ class TrainerConfig:
     # global: one norm over all gradients (torch clip_grad_norm_); per_parameter: each parameter tensor's gradient
     # clipped to grad_clip on its own, as DINO and the review's authors do (DINO configs, at 3.0).
     grad_clip_mode: Literal["global", "per_parameter"] = "global"
+    # Fine-tuning from pre-trained weights (sslsv finetune, pseudo-label rounds): the embedding model's parameters
+    # learn at encoder_lr_scale x the scheduled rate (the method's heads at the full rate), and not at all during
+    # the first freeze_encoder_epochs epochs (a warm-up of the heads on a fixed encoder, so that a new classifier's
+    # first large gradients do not undo the pre-trained features).
+    encoder_lr_scale: float = 1.0
+    freeze_encoder_epochs: float = 0.0
     amp: Literal["none", "fp16", "bf16"] = "none"
+    compile: bool = False  # torch.compile the module the training step runs (opt-in; the first steps are slower)
     device: str = "auto"  # auto, cpu, cuda, cuda:1
     seed: int = 0
     max_steps_per_epoch: int | None = None  # shorter epochs (demo, smoke runs)
@@ -213,6 +226,9 @@ class TrainerConfig:
         require(self.step_epochs >= 1, "trainer.step_epochs", "at least 1", self.step_epochs)
         require(0 < self.step_gamma <= 1, "trainer.step_gamma", "in (0, 1]", self.step_gamma)
         require(self.warmup_epochs >= 0, "trainer.warmup_epochs", ">= 0", self.warmup_epochs)
+        require(self.encoder_lr_scale >= 0, "trainer.encoder_lr_scale", ">= 0", self.encoder_lr_scale)
+        require(0 <= self.freeze_encoder_epochs < self.epochs, "trainer.freeze_encoder_epochs",
+                f"in [0, trainer.epochs = {self.epochs}) (the encoder would never train)", self.freeze_encoder_epochs)
         require(self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip", "positive or null", self.grad_clip)
         # numpy's and torch's generators take seeds below 2**32 for every derived seed to stay in range
         require(0 <= self.seed < 2**32, "trainer.seed", "in [0, 2**32)", self.seed)
@@ -597,6 +613,11 @@ def from_dict(cls: type, data: Any, prefix: str, skip: set[str] = frozenset()) -
     for name, value in data.items():
         if name in skip:
             continue
+        default = _field_default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+            # a nested section given in part keeps the other keys of the field's default (e.g. W-MSE's projector
+            # with out_dim 64), not those of the section's class
+            value = _deep_merge(dataclasses.asdict(default), value)
         values[name] = convert(value, hints[name], f"{prefix}{name}")
     for name, f in fields.items():
         if name in skip or name in values:
@@ -614,6 +635,23 @@ def from_dict(cls: type, data: Any, prefix: str, skip: set[str] = frozenset()) -
         if prefix and not message.startswith(prefix) and prefix.count(".") and "." not in message.split(":")[0]:
             message = prefix + message
         raise ConfigError(message) from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = (_deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
 
 
 def convert(value: Any, hint: Any, key: str) -> Any:

@@ -157,3 +157,14 @@ def test_train_cli_lists_registry():
     assert result.returncode == 0
     for name in ("fast_resnet34", "simclr", "supervised", "sap", "vox1_O"):
         assert name in result.stdout
+
+
+def test_a_nested_section_given_in_part_keeps_the_fields_own_defaults():
+    """W-MSE's projector default is 1024-64 (not ProjectorConfig's 512 out): overriding one of its keys keeps the
+    others of the method's default, not the section class's."""
+    from sslsv.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    base = load_config(root / "configs/wmse/fast_resnet34.yml").method.options.projector
+    changed = load_config(root / "configs/wmse/fast_resnet34.yml", ["method.projector.hidden_dim=256"]).method.options.projector
+    assert changed.hidden_dim == 256 and changed.out_dim == base.out_dim == 64

@@ -59,6 +59,11 @@ def build_pseudo_label_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=50000, help="embeddings per saved shard (default 50000)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-labels", action="store_true", help="the Speaker column is not the true speaker")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the train.csv and summary.json of an earlier pseudo-labelling in the output "
+                             "folder; without it they are refused before any work")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="embed every file again instead of reusing RUN/embedding_cache")
     return parser
 
 
@@ -68,14 +73,22 @@ def pseudo_label_main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         import json
+        from pathlib import Path
 
         from sslsv import distributed
         from sslsv.distributed import resolve_device
+        from sslsv.evaluation.embeddings import embedding_cache
+        from sslsv.evaluation.evaluate import check_new_outputs
         from sslsv.pseudo_labels.clustering import ClusteringConfig
         from sslsv.pseudo_labels.extract import ExtractionConfig
         from sslsv.pseudo_labels.filtering import FilteringConfig
         from sslsv.pseudo_labels.multistage import pseudo_label_run
+        from sslsv.runs import RunLayout, load_run_config
 
+        load_run_config(args.run)  # a missing run is named before the output check
+        layout = RunLayout(args.run)
+        output = args.output or layout.pseudo_labels
+        check_new_outputs([Path(output) / "train.csv", Path(output) / "summary.json"], args.force)
         distributed.init_distributed(resolve_device(args.device))
         extraction = ExtractionConfig(shard_size=args.shard_size, crop_seconds=args.crop_seconds, device=args.device)
         clustering = ClusteringConfig(method="kmeans_ahc" if args.ahc else "kmeans", kmeans_clusters=args.kmeans,
@@ -83,8 +96,9 @@ def pseudo_label_main(argv: list[str] | None = None) -> int:
                                       ahc_neighbors=args.ahc_neighbors, iterations=args.iterations)
         filtering = FilteringConfig(args.drop_fraction, args.min_cluster_size)
         try:
-            metrics, out, data_root = pseudo_label_run(args.run, args.output, args.manifest, args.data_root,
-                                                       extraction, clustering, filtering, not args.no_labels)
+            with embedding_cache(None if args.no_cache else layout.embedding_cache):
+                metrics, out, data_root = pseudo_label_run(args.run, output, args.manifest, args.data_root,
+                                                           extraction, clustering, filtering, not args.no_labels)
             if distributed.is_main():
                 print(json.dumps({k: v for k, v in metrics.items() if k != "timings"}, indent=2))
                 print(f"pseudo-labelled manifest: {out / 'train.csv'} (data root {data_root})")
@@ -109,6 +123,15 @@ def build_finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", nargs="+", default=["ssl", "random"], choices=["ssl", "random"],
                         help="initialisations to compare (default: ssl random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets")
+    parser.add_argument("--classifier-init", choices=["centroids", "random"], default="centroids",
+                        help="SSL-initialised runs: classifier rows from the labelled classes' SSL centroids "
+                             "(default) or random")
+    parser.add_argument("--freeze-epochs", type=float, default=1.0,
+                        help="SSL-initialised runs: epochs with the encoder fixed while the head warms up (default 1, "
+                             "at most half of --epochs)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=0.03,
+                        help="SSL-initialised runs: the encoder's learning rate as a fraction of the head's "
+                             "(default 0.03)")
     parser.add_argument("-o", "--output", help="output folder (default RUN/finetune)")
     add_weights_option(parser)
     parser.add_argument("--restart", action="store_true", help="retrain runs that already have checkpoints")
@@ -120,10 +143,11 @@ def finetune_main(argv: list[str] | None = None) -> int:
     args = build_finetune_parser().parse_intermixed_args(argv)
 
     def run() -> None:
-        from sslsv.evaluation.finetune import finetune_run
+        from sslsv.evaluation.finetune import FinetuneRecipe, finetune_run
 
         use_average, best = weights_choice(args)
+        recipe = FinetuneRecipe(args.classifier_init, args.freeze_epochs, args.encoder_lr_scale)
         finetune_run(args.run, args.fractions, args.epochs, args.trials, args.output, args.seed, args.overrides,
-                     tuple(args.init), args.restart, use_average=use_average, best=best)
+                     tuple(args.init), args.restart, use_average=use_average, best=best, recipe=recipe)
 
     return run_command(run)

@@ -18,6 +18,7 @@ Runs resume from their checkpoints when the command is repeated (--restart train
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import yaml
 
 from sslsv.data.manifest import Manifest, read_manifest, write_manifest
 
-__all__ = ["finetune_run", "stratified_subset"]
+__all__ = ["FinetuneRecipe", "finetune_run", "labelled_centroids", "stratified_subset"]
 
 
 def stratified_subset(manifest: Manifest, fraction: float, seed: int = 0) -> np.ndarray:
@@ -51,13 +52,56 @@ def stratified_subset(manifest: Manifest, fraction: float, seed: int = 0) -> np.
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
-def _train(run_dir: Path, raw: dict, overrides: list[str], init_weights: Path | None, restart: bool) -> None:
+@dataclass
+class FinetuneRecipe:
+    """How the runs initialised from the SSL weights are fine-tuned (the random-init runs train plainly).
+
+    A random AAM head on pre-trained features sends large, meaningless gradients into the encoder during the first
+    steps and undoes what SSL learnt (on the demo corpus, 25.6 % -> 33.0 % EER with 10 % of the labels). Instead:
+    classifier rows start at the labelled classes' centroids of the SSL embeddings (the initial logits are the
+    cosines to each class mean), the encoder stays fixed while the head warms up for `freeze_epochs`
+    (trainer.freeze_encoder_epochs, at most half the epochs), then learns at `encoder_lr_scale` x the head's rate
+    (trainer.encoder_lr_scale). Dotted overrides given to finetune_run come after these and win.
+    """
+
+    classifier_init: str = "centroids"  # centroids | random
+    freeze_epochs: float = 1.0
+    encoder_lr_scale: float = 0.03
+
+    def __post_init__(self) -> None:
+        from sslsv.runs import RunError
+
+        if self.classifier_init not in ("centroids", "random"):
+            raise RunError(f"--classifier-init must be centroids or random, got {self.classifier_init!r}")
+        if self.freeze_epochs < 0 or self.encoder_lr_scale < 0:
+            raise RunError("--freeze-epochs and --encoder-lr-scale must be >= 0")
+
+    def overrides(self, epochs: int) -> list[str]:
+        return [f"trainer.freeze_encoder_epochs={min(self.freeze_epochs, epochs / 2):g}",
+                f"trainer.encoder_lr_scale={self.encoder_lr_scale:g}"]
+
+
+def labelled_centroids(model, subset: Manifest, root: Path, config, device) -> np.ndarray:
+    """(C, D) mean L2-normalised embedding of each speaker of `subset` (rows in the order training numbers the
+    speakers: Manifest.speaker_ids), embedded by the SSL model as evaluation embeds."""
+    import torch
+
+    from sslsv.evaluation.evaluate import Backends, embed_utterances
+    from sslsv.methods.heads import class_means
+
+    x = embed_utterances(model, [str(root / f) for f in subset.files], config, device, Backends(), progress=False)
+    labels, names = subset.speaker_ids()
+    return class_means(x, torch.as_tensor(labels), len(names)).numpy()
+
+
+def _train(run_dir: Path, raw: dict, overrides: list[str], init_weights: Path | None, restart: bool,
+           classifier: np.ndarray | None = None) -> None:
     from sslsv.config import load_config
     from sslsv.evaluation.validation import build_trainer
     from sslsv.training.trainer import InitialWeights
 
     config = load_config(data=raw, overrides=overrides)
-    build_trainer(config, restart=restart, initial=InitialWeights(encoder=init_weights)).fit()
+    build_trainer(config, restart=restart, initial=InitialWeights(encoder=init_weights, classifier=classifier)).fit()
 
 
 def _reference_rows(run_dir: Path, names: list[str], use_average: bool, device, progress: bool,
@@ -91,7 +135,7 @@ def _check_finetune_request(fractions: list[float], epochs: int, inits: tuple[st
 def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trials: list[str] | None = None,
                  output: str | Path | None = None, seed: int = 0, overrides: list[str] | None = None,
                  inits: tuple[str, ...] = ("ssl", "random"), restart: bool = False, use_average: bool = True,
-                 progress: bool = False, best: bool = False) -> list[dict]:
+                 progress: bool = False, best: bool = False, recipe: FinetuneRecipe | None = None) -> list[dict]:
     """Fine-tune on labelled fractions from SSL vs random init, evaluate, and write <out>/table.md.
 
     Args:
@@ -107,6 +151,8 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
         use_average: initialise from (and evaluate the SSL run with) the averaged weights when present.
         progress: progress bars while embedding.
         best: initialise from (and evaluate with) model_best.pt instead.
+        recipe: how the SSL-initialised runs fine-tune (default FinetuneRecipe(): centroid classifier, frozen
+            warm-up, encoder at 0.03 x the head's rate).
 
     Returns:
         The table rows: dicts with trials, fraction, utterances, speakers, init, eer, min_dcf_001, run.
@@ -127,7 +173,9 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
     manifest = read_manifest(root / config.dataset.manifest)
     raw = yaml.safe_load(RunLayout(run_dir).config.read_text())
 
-    rows = _reference_rows(run_dir, names, use_average, resolve_device(config.evaluation.device), progress, best)
+    recipe = recipe or FinetuneRecipe()
+    device = resolve_device(config.evaluation.device)
+    rows = _reference_rows(run_dir, names, use_average, device, progress, best)
     for fraction in fractions:
         subset_rows = stratified_subset(manifest, fraction, seed)
         folder = out / f"frac{fraction:g}"
@@ -138,6 +186,13 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
         batch = min(config.dataset.batch_size, len(subset))
         if batch < config.dataset.batch_size:
             print(f"fraction {fraction:g}: {len(subset)} utterances, batch size lowered to {batch}")
+        centroids = None
+        if "ssl" in inits and recipe.classifier_init == "centroids":
+            from sslsv.runs import load_model
+
+            model, _, _ = load_model(run_dir, use_average, device, best=best)
+            centroids = labelled_centroids(model, subset, root, config, device)
+            del model
         for init in inits:
             sub_run = folder / init
             settings = [
@@ -148,11 +203,13 @@ def finetune_run(run_dir: str | Path, fractions: list[float], epochs: int, trial
                 f"trainer.epochs={epochs}",
                 "trainer.validate_every=0",
                 f"evaluation.trials={json.dumps(names)}",
+                *(recipe.overrides(epochs) if init == "ssl" else []),
                 *(overrides or []),
             ]
             print(f"fine-tuning: fraction {fraction:g} ({len(subset)} utterances, {speakers} speakers), init {init} "
                   f"-> {sub_run}")
-            _train(sub_run, raw, settings, weights if init == "ssl" else None, restart)
+            _train(sub_run, raw, settings, weights if init == "ssl" else None, restart,
+                   centroids if init == "ssl" else None)
             results = evaluate_run(sub_run, names, progress=progress, plots=False)
             for name in names:
                 m = results[f"test/{slug(name)}"]

@@ -48,6 +48,9 @@ class TrainingInfo:
     num_samples: int  # utterances in the manifest
     steps_per_epoch: int
     epochs: int
+    # (num_samples,) recording index of each manifest row (distinct (speaker, session) pairs), for diagnostics that
+    # need it (SSPS's pseudo-positive accuracy); never a training signal. None: the manifest has no sessions.
+    recordings: torch.Tensor | None = None
 
 
 class Method(nn.Module):

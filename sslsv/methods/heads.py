@@ -116,6 +116,16 @@ class DINOHead(nn.Module):
         self.last_layer.weight_v.grad = None
 
 
+def class_means(points: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, D) float32 mean of the L2-normalised rows of `points` (N, D) in each class of `labels` (N,); a class
+    without rows gets a zero row. The classifier initialisation of fine-tuning and pseudo-label rounds."""
+    x = F.normalize(torch.as_tensor(points).double(), dim=1)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).unsqueeze(1)
+    return (sums / counts).float()
+
+
 class AAMSoftmax(nn.Module):
     """Sub-center AAM-softmax (review Eq. (12); Deng et al., ArcFace 2019 and Sub-center ArcFace, ECCV 2020).
 
@@ -173,4 +183,18 @@ class AAMSoftmax(nn.Module):
         if self.subcenters > 1:
             generator = torch.Generator().manual_seed(seed)
             rows = F.normalize(rows + 0.01 * torch.randn(rows.shape, generator=generator), dim=1)
+        self.weight.copy_(rows.to(self.weight))
+
+    @torch.no_grad()
+    def initialise(self, rows: torch.Tensor, kind: str = "centroids", seed: int = 0) -> None:
+        """Start from given rows (Method.init_classifier): "centroids", (C, D) class means (init_from_centroids), or
+        "classifier", a previous classifier's (C K, D) weights copied as they are (same labels, same sub-centres)."""
+        if kind == "centroids":
+            self.init_from_centroids(rows, seed=seed)
+            return
+        if kind != "classifier":
+            raise ConfigError(f"classifier_init: unknown kind '{kind}' (centroids or classifier)")
+        if rows.shape != self.weight.shape:
+            raise ConfigError(f"the previous classifier is {tuple(rows.shape)}, this one {tuple(self.weight.shape)}; "
+                              f"the same labels need the same method.subcenters (or set classifier_init: random)")
         self.weight.copy_(rows.to(self.weight))

@@ -90,17 +90,7 @@ class PseudoSupervised(Method):
         self.threshold = float("inf") if cfg.loss_gate != "fixed" else float(cfg.loss_gate_threshold)
 
     def init_classifier(self, rows: torch.Tensor, kind: str = "centroids", seed: int = 0) -> None:
-        if kind == "centroids":
-            self.classifier.init_from_centroids(rows, seed=seed)
-            return
-        if kind != "classifier":
-            raise ConfigError(f"classifier_init: unknown kind '{kind}' (centroids or classifier)")
-        if rows.shape != self.classifier.weight.shape:
-            raise ConfigError(f"the previous classifier is {tuple(rows.shape)}, this one "
-                              f"{tuple(self.classifier.weight.shape)}; the same labels need the same method.subcenters "
-                              f"(or set classifier_init: random)")
-        with torch.no_grad():
-            self.classifier.weight.copy_(rows.to(self.classifier.weight))
+        self.classifier.initialise(rows, kind, seed)
 
     # ------------------------------------------------------------------------------------------------ gate
 

@@ -50,6 +50,10 @@ class Supervised(Method):
             raise ConfigError(f"method.name: supervised training needs at least 2 speakers, the manifest has {info.num_speakers}")
         self.classifier = AAMSoftmax(encoder.embed_dim, info.num_speakers, cfg.scale, cfg.margin)
 
+    def init_classifier(self, rows: torch.Tensor, kind: str = "centroids", seed: int = 0) -> None:
+        """Fine-tuning from a pre-trained encoder (sslsv finetune): the classifier starts at the class centroids."""
+        self.classifier.initialise(rows, kind, seed)
+
     def forward(self, batch: Batch) -> StepOutput:
         # Every view is a labelled example; views of equal length share one encoder pass.
         ys = torch.cat(encode_views(self.encoder, batch.views))  # (V*B, D)

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from sslsv.config import ConfigError, apply_overrides, from_dict, override_list, read_yaml
 from sslsv.data.manifest import Manifest, read_manifest, write_manifest
+from sslsv.methods.heads import class_means
 from sslsv.pseudo_labels.clustering import ClusteringConfig, cluster, cluster_metrics
 from sslsv.pseudo_labels.extract import ExtractionConfig, extract_run
 from sslsv.pseudo_labels.filtering import FilteringConfig, filter_labels
@@ -220,11 +222,8 @@ def class_centroids(x: np.ndarray, manifest: Manifest, pseudo: Manifest) -> np.n
         raise ConfigError(f"{pseudo.path}: {len(missing)} files are not in {manifest.path} (first: {missing[0]})")
     rows = np.fromiter((row_of[path] for path in pseudo.files), dtype=np.int64, count=len(pseudo))
     labels, names = pseudo.speaker_ids()
-    points = np.asarray(x[rows], dtype=np.float64)
-    points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    sums = np.zeros((len(names), points.shape[1]))
-    np.add.at(sums, labels, points)
-    return (sums / np.bincount(labels, minlength=len(names))[:, None]).astype(np.float32)
+    return class_means(torch.from_numpy(np.asarray(x[rows], dtype=np.float64)), torch.from_numpy(labels),
+                       len(names)).numpy()
 
 
 def train_step(config_path: str, overrides: list, init_from: Path | None, use_average: bool,

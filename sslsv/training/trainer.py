@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +34,8 @@ from sslsv.audio.augment import AugmentationSources, apply_augmentation
 from sslsv.config import VALIDATION_METRICS, Config, ConfigError, flatten_dict, save_config
 from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
 from sslsv.data.manifest import Manifest, ManifestError, check_manifest, deep_check_manifest, read_manifest
-from sslsv.encoders.base import build_speaker_model
+from sslsv.data.shards import ShardSet, ShardStream, open_shards
+from sslsv.encoders.base import SpeakerModel, build_speaker_model
 from sslsv.methods.base import Batch, Method, TrainingInfo
 from sslsv.registry import METHODS
 from sslsv import distributed
@@ -62,6 +63,66 @@ def clip_gradients_per_parameter(parameters, max_norm: float) -> torch.Tensor:
     coefficients = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # 1: left as is (x * 1.0 == x exactly)
     torch._foreach_mul_(grads, list(coefficients.unbind()))
     return norms.max()
+
+
+class StepTimer:
+    """Per-phase time of training steps, for benchmarks/bench_train.py: `trainer.timer = StepTimer(device)`. Off by
+    default (`Trainer.timer` is None: each phase then costs one attribute test and a nullcontext).
+
+    Each phase is timed in wall seconds, with the device synchronised on entry and exit when `synchronize` (CUDA
+    runs asynchronously: without it a phase would only measure the kernel launches). Phases of the step:
+    data_wait (the main process waiting for the loader's next batch: reading and cropping run in the workers),
+    h2d (host -> device copies), augment, forward (inside it, `attach` adds features and encoder for every
+    SpeakerModel of the method: the rest of forward is the method's heads and loss), backward, clip_check,
+    sync (the step's one all-reduce and device -> host read), optimizer, after_step (EMA teachers, queues),
+    diagnostics (collapse watch and the finiteness check of the state) and logging. `steps` holds one
+    {phase: seconds} dict per step, `on_step_end` (if set) is called after each step with its index."""
+
+    def __init__(self, device: torch.device, synchronize: bool = True):
+        self.device = device
+        self.synchronize = synchronize and device.type == "cuda"
+        self.steps: list[dict[str, float]] = []
+        self.current: dict[str, float] = {}
+        self.on_step_end: Callable[[int], None] | None = None
+
+    def _sync(self) -> None:
+        if self.synchronize:
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - start
+
+    def end_step(self) -> None:
+        self.steps.append(self.current)
+        self.current = {}
+        if self.on_step_end is not None:
+            self.on_step_end(len(self.steps))
+
+    def attach(self, method: torch.nn.Module) -> list:
+        """Time the front-end (`features`) and the encoder (`encoder`) of every SpeakerModel in `method` (student
+        and teachers) with forward hooks; returns the hook handles (`handle.remove()` detaches them)."""
+        handles = []
+        for module in method.modules():
+            if isinstance(module, SpeakerModel):
+                for name, child in (("features", module.frontend), ("encoder", module.encoder)):
+                    handles.append(child.register_forward_pre_hook(lambda *_, n=name: self._open(n)))
+                    handles.append(child.register_forward_hook(lambda *_, n=name: self._close(n)))
+        return handles
+
+    def _open(self, name: str) -> None:
+        self._sync()
+        self.current[f"_{name}_start"] = time.perf_counter()
+
+    def _close(self, name: str) -> None:
+        self._sync()
+        self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - self.current.pop(f"_{name}_start")
 
 
 class TrainingError(RuntimeError):
@@ -116,28 +177,47 @@ def ignore_preemption_signals(worker_id: int) -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
+def recording_ids(manifest) -> torch.Tensor | None:
+    """(rows,) index of each row's recording, a distinct (speaker, session) pair (session names such as "ses01"
+    repeat across speakers); None without sessions."""
+    sessions = getattr(manifest, "sessions", None)
+    if sessions is None:
+        return None
+    keys = list(zip(manifest.speakers, sessions))
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([index[key] for key in keys], dtype=torch.long)
+
+
 def build_method(config: Config, info: TrainingInfo) -> Method:
     speaker_model = build_speaker_model(config.encoder, config.features)
     entry = METHODS.get(config.method.name, key="method.name")
     return entry.obj(speaker_model, config.method.options, info)
 
 
-def parameter_groups(module: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Two groups: weights with decay; norms and biases (1-D tensors) without, unless asked otherwise."""
-    decay, no_decay = [], []
-    for param in module.parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 and not decay_norm_and_bias else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+def parameter_groups(module: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                     encoder: torch.nn.Module | None = None) -> list[dict]:
+    """Weights with decay; norms and biases (1-D tensors) without, unless asked otherwise. Given the method's
+    `encoder`, its parameters form groups of their own, marked {"encoder": True} (trainer.encoder_lr_scale and
+    trainer.freeze_encoder_epochs apply to them), after the heads' groups (whose rate the logs report)."""
+    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    groups = []
+    for is_encoder in (False, True):
+        decay, no_decay = [], []
+        for param in module.parameters():
+            if not param.requires_grad or (id(param) in in_encoder) != is_encoder:
+                continue
+            (no_decay if param.ndim <= 1 and not decay_norm_and_bias else decay).append(param)
+        marks = {"encoder": True} if is_encoder else {}
+        groups += [{"params": params, "weight_decay": decay_rate, **marks}
+                   for params, decay_rate in ((decay, weight_decay), (no_decay, 0.0)) if params]
     return groups
 
 
 def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Optimizer:
     cfg = config.trainer
-    groups = parameter_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias)
+    separate = cfg.encoder_lr_scale != 1 or cfg.freeze_encoder_epochs > 0
+    groups = parameter_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias,
+                              getattr(module, "encoder", None) if separate else None)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.optimizer == "adamw":
@@ -285,21 +365,32 @@ class Trainer:
         augmentation = None
         if config.augmentation.strategy != "none" and config.augmentation.probability > 0:
             augmentation = AugmentationSources(config.augmentation, data.data_root, config.features.sample_rate)
-        self.dataset = TrainDataset(self.manifest, data.data_root, data.views, config.features.sample_rate,
-                                    augmentation, data.positive_sampling)
         try:
-            self.sampler = EpochBatchSampler(len(self.manifest), data.batch_size, cfg.seed, self.rank, self.world,
-                                             cfg.max_steps_per_epoch)
+            if isinstance(self.manifest, ShardSet):  # a shard.list: streamed, the stream is its own sampler
+                self.dataset = self.sampler = ShardStream(
+                    self.manifest, data.views, config.features.sample_rate, data.batch_size, cfg.seed, augmentation,
+                    self.rank, self.world, data.num_workers, cfg.max_steps_per_epoch)
+                batching = {"batch_size": self.sampler.local_batch}
+            else:
+                self.dataset = TrainDataset(self.manifest, data.data_root, data.views, config.features.sample_rate,
+                                            augmentation, data.positive_sampling)
+                self.sampler = EpochBatchSampler(len(self.manifest), data.batch_size, cfg.seed, self.rank,
+                                                 self.world, cfg.max_steps_per_epoch)
+                batching = {"batch_sampler": self.sampler}
         except ValueError as error:
-            raise TrainingError(f"{data.manifest}: {error}") from None
-        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
+            raise TrainingError(f"{data.shards or data.manifest}: {error}") from None
+        # Map-style data: the workers persist from epoch to epoch (no restart and re-import at each epoch; the
+        # batch sampler runs in this process, so set_epoch still applies); a stream keeps its epoch in its workers.
+        persistent = data.num_workers > 0 and not isinstance(self.dataset, ShardStream)
+        self.loader = DataLoader(self.dataset, **batching, collate_fn=collate,
                                  num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False, worker_init_fn=ignore_preemption_signals)
+                                 persistent_workers=persistent, worker_init_fn=ignore_preemption_signals)
         self.steps_per_epoch = self.sampler.steps
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-        info = TrainingInfo(len(self.speakers), len(self.manifest), self.steps_per_epoch, cfg.epochs)
+        info = TrainingInfo(len(self.speakers), len(self.manifest), self.steps_per_epoch, cfg.epochs,
+                            recording_ids(self.manifest))
         self.method = build_method(config, info)
         self.collapse = CollapseDetector(config.collapse, self.method.collapse_rules, self.method.entropy_bounds)
         if self.method.uses_labels and len(self.speakers) < 2:
@@ -307,11 +398,19 @@ class Trainer:
         if self.world > 1:
             self.method = self.method.distributed_batch_norm(self.device)  # MoCo keeps per-device BN (shuffle)
         self.method.to(self.device)
+        # 2-D encoders that declare it run channels_last (NHWC): on CUDA, and on a CPU in fp32 only (PyTorch 2.11's
+        # CPU backward of channels_last convolutions under bf16 autocast crashes on small shapes)
+        if getattr(self.method.encoder.encoder, "channels_last", False) and (
+                self.device.type == "cuda" or cfg.amp == "none"):
+            self.method.to(memory_format=torch.channels_last)
         self.model: torch.nn.Module = self.method
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
         self.optimizer = build_optimizer(config, self.method)
+        self.scheduled_lr = config.trainer.lr  # the schedule's rate at the last step (logs; encoder groups may differ)
+        if cfg.compile:  # opt-in: torch.compile
+            self.compile_model()
         self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.position = Position()
@@ -327,11 +426,17 @@ class Trainer:
         self.last_validation: dict[str, float] = {}  # this epoch's validation metrics, for its summary line
         self.last_improved = False
         self.preemption = PreemptionWatch()
+        self.timer: StepTimer | None = None  # per-phase timing (benchmarks/bench_train.py); None: off
 
     # ------------------------------------------------------------------------------------------------ set-up
 
-    def _load_manifest(self) -> Manifest:
+    def _load_manifest(self) -> Manifest | ShardSet:
         data = self.config.dataset
+        if data.shards:  # written by `sslsv shards`: checked by its checksums (`--verify`), not file by file
+            if data.positive_sampling != "same_utterance":
+                raise ConfigError(f"dataset.positive_sampling: '{data.positive_sampling}' needs random access to "
+                                  f"other recordings; shards (dataset.shards) stream 'same_utterance' only")
+            return open_shards(Path(data.data_root) / data.shards, self.config.features.sample_rate)
         path = Path(data.data_root) / data.manifest
         manifest = read_manifest(path)
         if data.check_manifest or data.check_manifest_deep:
@@ -477,7 +582,15 @@ class Trainer:
                 status = "preempted"
                 raise
             finally:
+                self._stop_loader_workers()
                 self._close_loggers(status)
+
+    def _stop_loader_workers(self) -> None:
+        """Persistent loader workers end with fit (not with the Trainer object): their memory is given back."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
 
     def _fit(self) -> dict:
         cfg = self.config.trainer
@@ -647,11 +760,17 @@ class Trainer:
         metric_sums: dict[str, float] = {}
         tick = start = time.perf_counter()
         epoch_loss, epoch_steps = 0.0, 0
-        for batch in self.loader:
+        batches = iter(self.loader)
+        while True:
+            with self._phase("data_wait"):
+                batch = next(batches, None)
+            if batch is None:
+                break
             loss, metrics, preempted = self.train_step(batch)
             self.position.step_in_epoch += 1
             self.position.global_step += 1
-            self._watch_collapse(metrics)
+            with self._phase("diagnostics"):
+                self._watch_collapse(metrics)
             window.append(loss)
             epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
             for key, value in metrics.items():
@@ -660,19 +779,23 @@ class Trainer:
             log_due = self.position.global_step % cfg.log_every_steps == 0 \
                 or self.position.step_in_epoch == self.steps_per_epoch
             if log_due:
-                self._check_state_finite()
+                with self._phase("diagnostics"):
+                    self._check_state_finite()
             if log_due or preempted:  # preempted: the steps since the last line are logged, not lost
                 elapsed = time.perf_counter() - tick
                 record = {
                     "epoch": epoch + 1, "step": self.position.global_step, "train/loss": sum(window) / len(window),
-                    "train/lr": self.optimizer.param_groups[0]["lr"],
+                    "train/lr": self.scheduled_lr,
                     "train/samples_per_s": len(window) * self.config.dataset.batch_size / max(elapsed, 1e-9),
                     **{f"train/{k}": v / len(window) for k, v in metric_sums.items()},
                 }
-                self._log(record)
-                bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
-                                rate=f"{record['train/samples_per_s']:.0f}/s")
+                with self._phase("logging"):
+                    self._log(record)
+                    bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
+                                    rate=f"{record['train/samples_per_s']:.0f}/s")
                 window, metric_sums, tick = [], {}, time.perf_counter()
+            if self.timer is not None:
+                self.timer.end_step()
             if preempted:
                 bar.close()
                 self._stop_preempted(self.save_checkpoint())
@@ -682,7 +805,7 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - start
         return {"steps": epoch_steps, "loss": epoch_loss / max(epoch_steps, 1),
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": self.scheduled_lr,
                 "samples_per_s": epoch_steps * self.config.dataset.batch_size / max(seconds, 1e-9)}
 
     def train_step(self, batch: dict) -> tuple[float, dict[str, float], bool]:
@@ -691,38 +814,66 @@ class Trainer:
         cfg = self.config.trainer
         # Dropout and any other global-RNG use are keyed by step and rank: identical after a resume.
         torch.manual_seed(cfg.seed * 1_000_003 + self.position.global_step * 7919 + self.rank)
-        lr = learning_rate(cfg, self.position.global_step, self.steps_per_epoch)
+        lr = self.scheduled_lr = learning_rate(cfg, self.position.global_step, self.steps_per_epoch)
+        encoder_frozen = self.position.global_step < cfg.freeze_encoder_epochs * self.steps_per_epoch
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        views = [v.to(self.device, non_blocking=True) for v in batch["views"]]
-        if batch["plans"]:
-            views = [apply_augmentation(v, **{k: t.to(self.device, non_blocking=True) for k, t in plan.items()})
-                     for v, plan in zip(views, batch["plans"])]
-        inputs = Batch(views, batch["labels"].to(self.device), batch["indices"].to(self.device))
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            group["lr"] = lr * (0.0 if encoder_frozen else cfg.encoder_lr_scale) if group.get("encoder") else lr
+        with self._phase("h2d"):
+            views = [v.to(self.device, non_blocking=True) for v in batch["views"]]
+            plans = [{k: t.to(self.device, non_blocking=True) for k, t in plan.items()} for plan in batch["plans"]]
+            inputs = Batch(views, batch["labels"].to(self.device, non_blocking=True),
+                           batch["indices"].to(self.device, non_blocking=True))
+        if plans:
+            with self._phase("augment"):
+                augmented = [group.augment for group in self.config.dataset.views for _ in range(group.count)]
+                inputs.views = [apply_augmentation(v, **plan) if augment else v
+                                for v, plan, augment in zip(views, plans, augmented)]
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                  enabled=self.amp_dtype is not None)
+        with self._phase("forward"), autocast:
             output = self.model(inputs)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(output.loss).backward()
+        with self._phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(output.loss).backward()
         self.method.before_optimizer_step(self.position.epoch)
-        gradients_non_finite = self._clip_and_check_gradients()
-        stop_requested = torch.full((), float(self.preemption.received is not None), device=self.device)
-        # One all-reduce and one device->host copy per step for the loss, every metric, the gradients' finiteness
-        # and the stop request together.
-        names = list(output.metrics)
-        scalars = [output.loss.detach().float()] + [output.metrics[k].detach().float().reshape(()) for k in names]
-        values = distributed.all_reduce_mean(torch.stack(scalars + [gradients_non_finite, stop_requested])).tolist()
+        if encoder_frozen:  # no update and no optimiser state (momentum, Adam moments) from the warm-up
+            for group in self.optimizer.param_groups:
+                if group.get("encoder"):
+                    for param in group["params"]:
+                        param.grad = None
+        with self._phase("clip_check"):
+            gradients_non_finite = self._clip_and_check_gradients()
+        with self._phase("sync"):
+            stop_requested = torch.full((), float(self.preemption.received is not None), device=self.device)
+            # One all-reduce and one device->host copy per step for the loss, every metric, the gradients'
+            # finiteness and the stop request together.
+            names = list(output.metrics)
+            scalars = [output.loss.detach().float()] + [output.metrics[k].detach().float().reshape(()) for k in names]
+            values = distributed.all_reduce_mean(torch.stack(scalars + [gradients_non_finite, stop_requested])).tolist()
         loss_value, metrics = values[0], dict(zip(names, values[1 : 1 + len(names)]))
         if not math.isfinite(loss_value):
             self._fail_non_finite(f"loss is {loss_value}")
         if values[-2] > 0:
             self._fail_non_finite(f"gradients are not finite ({', '.join(self._non_finite_gradients())})")
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        stepped = scale_before is None or self.scaler.get_scale() >= scale_before  # fp16: skipped on inf grads
+        with self._phase("optimizer"):
+            scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            stepped = scale_before is None or self.scaler.get_scale() >= scale_before  # fp16: skipped on inf grads
         if stepped:
-            self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
+            with self._phase("after_step"):
+                self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
         return loss_value, metrics, values[-1] > 0
+
+    def compile_model(self) -> None:
+        """torch.compile the module the step runs (the method, under DDP its wrapper); the weights stay shared with
+        `self.method`, so checkpoints, EMA updates and evaluation are unchanged. The first steps are slower
+        (compilation); measured gains: docs/benchmarks.md."""
+        self.model = torch.compile(self.model)
+
+    def _phase(self, name: str):
+        """A timed phase of the step when a StepTimer is attached (benchmarks), else a no-op context."""
+        return nullcontext() if self.timer is None else self.timer.phase(name)
 
     def _clip_and_check_gradients(self) -> torch.Tensor:
         """Clip when asked (`trainer.grad_clip`, `trainer.grad_clip_mode`); a 0-d device tensor, 1 when a gradient

@@ -15,7 +15,7 @@ AUTHORS = (0.0, None, 0.0, 512, 25.0, 10.0, True)
 REDIMNET = (20.0, 7600.0, 0.97, 512, 25.0, 10.0, True)
 FAMILY = {"fast_resnet34": AUTHORS, "fast_resnet34_ms": AUTHORS, "ecapa_tdnn": AUTHORS,
           "redimnet_b0": REDIMNET, "redimnet_b2": REDIMNET}
-WAVEFORM_ENCODERS = {"ssrfnet", "sv_mixer"}  # raw audio in: the `features` section feeds no front-end
+WAVEFORM_ENCODERS = {"ssrfnet", "sv_mixer", "pretrained_speech"}  # raw audio in: the `features` section feeds no front-end
 
 
 def _front_end(features: FeaturesConfig) -> tuple:
