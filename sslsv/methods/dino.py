@@ -206,7 +206,7 @@ class DINO(Method):
         if cfg.ssps.enabled:
             # one queue per global view of teacher outputs (the authors' SSPS_NB_POS_EMBEDDINGS = 2)
             self.ssps = SSPS(cfg.ssps, info.num_samples, positives=cfg.global_views,
-                             recordings=getattr(info, "recordings", None))
+                             recordings=info.recordings)
         self.entropy_bounds = {"teacher_entropy": math.log(cfg.out_dim)}
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -107,7 +107,7 @@ class SimCLR(Method):
         if cfg.ssps.enabled:
             self.ssps = SSPS(cfg.ssps, info.num_samples, positives=1,
                              positive_in_reference_space=not cfg.projector.enabled,
-                             recordings=getattr(info, "recordings", None))
+                             recordings=info.recordings)
         self.entropy_bounds: dict[str, float] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
