@@ -5,7 +5,7 @@
     python benchmarks/bench_methods.py --methods simclr moco --epochs 5
     python benchmarks/bench_methods.py --ablations       # the collapse ablations of the review, section 6.1
     python benchmarks/bench_methods.py --ablations --methods dino_no_centering --epochs 4
-    python benchmarks/bench_methods.py --write docs/methods.md   # replace the results section of that file
+    python benchmarks/bench_methods.py --write docs/methods.md   # replace the results table of that file
 
 Each run trains in a subprocess (train.py, so exactly what a user runs), then evaluate.py's code scores the demo
 trials. Runs go to models/bench/<name>/ and are restarted from scratch each time; each run's row is kept in
@@ -36,6 +36,13 @@ from sslsv.registry import METHODS as REGISTERED  # noqa: E402
 # Every registered method that ships a demo config (pseudo-label rounds and distillation are stages of other
 # recipes and ship none), in registry order.
 METHODS = [m for m in REGISTERED.names() if (ROOT / "configs" / m / "fast_resnet34_demo.yml").is_file()]
+# Options of a framework, each a row beside the framework's own (same demo settings otherwise): name -> config.
+VARIANTS = {
+    "simclr_ssps": "configs/simclr/fast_resnet34_ssps_demo.yml",
+    "simclr_margin": "configs/simclr/fast_resnet34_margin_demo.yml",
+    "dino_ssps": "configs/dino/fast_resnet34_ssps_demo.yml",
+}
+METHODS += [name for name, path in VARIANTS.items() if (ROOT / path).is_file()]
 
 # (name, method config, overrides): the review's section 6.1 collapse cases, detected by the collapse watch. A demo
 # run has 50 steps, so the watch must react within 10 consecutive steps instead of the default 50; every step is
@@ -58,7 +65,8 @@ OWN_BASELINE = {"cpc"}
 
 def train(name: str, method: str, overrides: list[str], epochs: int | None) -> tuple[Path, float, str]:
     run_dir = BENCH / name
-    command = [sys.executable, "train.py", f"configs/{method}/fast_resnet34_demo.yml", f"run_dir={run_dir}",
+    config = VARIANTS.get(method, f"configs/{method}/fast_resnet34_demo.yml")
+    command = [sys.executable, "train.py", config, f"run_dir={run_dir}",
                "trainer.progress_bar=false", "--restart", *overrides]
     if epochs:
         command.append(f"trainer.epochs={epochs}")
@@ -140,12 +148,10 @@ def saved_row(name: str) -> dict | None:
 
 
 def table_rows(path: Path, marker: str) -> dict[str, str]:
-    """The rows already in a markdown table between the markers of `path`: first cell -> whole line."""
-    text = path.read_text() if path.exists() else ""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    if begin not in text or end not in text:
-        return {}
-    section = text.split(begin, 1)[1].split(end, 1)[0]
+    """The rows already in table `marker` of `path` (benchmarks/doc_tables.py markers): first cell -> whole line."""
+    from benchmarks.doc_tables import table_text
+
+    section = table_text(path, marker)
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| run |")]
     return {line.split("|")[1].strip(): line for line in rows}
 
@@ -190,15 +196,16 @@ def format_row(row: dict) -> str:
             f"{epochs} | {row['elapsed']:.0f} | {row['date']} | {short_detail(row['detail'])} |")
 
 
+# What the tables depend on besides this script and the configs (benchmarks/doc_tables.py checks freshness)
+TABLE_CODE = ["sslsv/methods", "sslsv/encoders", "sslsv/audio", "sslsv/training", "sslsv/data"]
+
+
 def write(path: Path, marker: str, table: str) -> bool:
-    """Replace the text between <!-- marker:begin --> and <!-- marker:end -->; True on failure."""
-    text = path.read_text()
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    if begin not in text or end not in text:
-        print(f"{path}: markers {begin} / {end} not found; table not written", file=sys.stderr)
-        return True
-    head, rest = text.split(begin, 1)
-    path.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    """Replace table `marker` of `path` through benchmarks/doc_tables.py (which records the commit); False."""
+    from benchmarks.doc_tables import write_table
+
+    configs = sorted({VARIANTS.get(m, f"configs/{m}/fast_resnet34_demo.yml") for m in METHODS} | {RANDOM_CONFIG})
+    write_table(path, marker, "benchmarks/bench_methods.py", table, configs, TABLE_CODE)
     return False
 
 
@@ -222,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runs = [run for run in runs if run[0] in args.methods]
     order = [a for a, _, _ in ABLATIONS] if args.ablations else METHODS
-    marker = "ablations" if args.ablations else "results"
+    marker = "methods-ablations" if args.ablations else "methods-results"
     kept = table_rows(Path(args.write), marker) if args.write else {}
     for name, method, overrides in runs:
         run_dir, elapsed, error = train(name, method, overrides, args.epochs)

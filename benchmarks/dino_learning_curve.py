@@ -32,11 +32,11 @@ from sslsv.training.diagnostics import read_metrics  # noqa: E402
 from sslsv.training.trainer import Trainer  # noqa: E402
 
 
-def train_with_clock(name: str, config_path: str, epochs: int, validate_every: int) -> dict:
+def train_with_clock(name: str, config_path: str, epochs: int, validate_every: int, extra: list[str] = ()) -> dict:
     """Train one run from scratch; returns its validation curve against training seconds and its run directory."""
     run_dir = ROOT / "models" / "bench" / f"curve_{name}"
     overrides = [f"run_dir={run_dir}", f"trainer.epochs={epochs}", f"trainer.validate_every={validate_every}",
-                 "trainer.progress_bar=false", "trainer.early_stopping_patience=0"]
+                 "trainer.progress_bar=false", "trainer.early_stopping_patience=0", *extra]
     config = load_config(ROOT / config_path, overrides)
     validate = trial_validator(config)
     curve: list[dict] = []
@@ -95,17 +95,22 @@ def plot(runs: list[dict], entropies: dict, out_dim: int, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dino-epochs", type=int, default=30)
     parser.add_argument("--simclr-epochs", type=int, default=60)
+    parser.add_argument("--dino-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of the DINO demo config for this comparison (e.g. method.teacher_temperature=0.04)")
     parser.add_argument("--validate-every", type=int, default=3, help="epochs between validations (default 3)")
     parser.add_argument("--plot", default="docs/figures/dino_demo_curve.png")
     parser.add_argument("--json", default="models/bench/dino_learning_curve.json")
-    args = parser.parse_args()
+    parser.add_argument("--write", metavar="FILE",
+                        help="replace the dino-learning-curve table of this markdown file (benchmarks/doc_tables.py)")
+    args = parser.parse_args(argv)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    runs = [train_with_clock("dino", "configs/dino/fast_resnet34_demo.yml", args.dino_epochs, args.validate_every),
+    runs = [train_with_clock("dino", "configs/dino/fast_resnet34_demo.yml", args.dino_epochs, args.validate_every,
+                             args.dino_set),
             train_with_clock("simclr", "configs/simclr/fast_resnet34_demo.yml", args.simclr_epochs,
                              args.validate_every)]
     for run in runs:
@@ -118,11 +123,17 @@ def main() -> None:
     Path(ROOT / args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(ROOT / args.json).write_text(json.dumps(report, indent=1))
     print(f"commit {report['commit']}")
-    print("| run | epochs | training time | final validation EER | test EER | random weights |")
-    print("|---|---|---|---|---|---|")
-    for run in runs:
-        print(f"| {run['name']} | {run['epochs']} | {run['train_seconds'] / 60:.1f} min | "
-              f"{run['curve'][-1]['val_eer']:.2f} % | {run['test_eer']:.2f} % | {run['random_eer']:.2f} % |")
+    lines = ["| run | epochs | training time | final validation EER | test EER | random weights |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {run['name']} | {run['epochs']} | {run['train_seconds'] / 60:.1f} min | "
+              f"{run['curve'][-1]['val_eer']:.2f} % | {run['test_eer']:.2f} % | {run['random_eer']:.2f} % |"
+              for run in runs]
+    print("\n".join(lines))
+    if args.write:
+        from benchmarks.doc_tables import write_table
+
+        write_table(args.write, "dino-learning-curve", "benchmarks/dino_learning_curve.py", "\n".join(lines),
+                    [run["config"] for run in runs], ["sslsv/methods/dino.py", "sslsv/methods/simclr.py"])
     print("DINO validation curve (min, EER %): " + ", ".join(
         f"{p['train_seconds'] / 60:.1f}: {p['val_eer']:.2f}" for p in runs[0]["curve"]))
     print(f"DINO teacher entropy first/last: {entropies['teacher_entropy'][0]:.3f} / "

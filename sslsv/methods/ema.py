@@ -33,15 +33,19 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_momentum(online: nn.Module, ema: nn.Module, m: float) -> None:
-    """ema <- m * ema + (1 - m) * online, parameter by parameter (m = 1: unchanged, m = 0: copy)."""
+    """ema <- m * ema + (1 - m) * online for every parameter (m = 1: unchanged, m = 0: copy), as two fused
+    multi-tensor operations (torch._foreach_*): no per-parameter Python loop, a few kernels for the whole model;
+    the same arithmetic, element by element, as `p_ema.mul_(m).add_(p_online, alpha=1 - m)`."""
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {m}")
     online_params = list(online.parameters())
     ema_params = list(ema.parameters())
     if len(online_params) != len(ema_params):
         raise ValueError("update_momentum: online and EMA modules have different parameter lists")
-    for p_online, p_ema in zip(online_params, ema_params):
-        p_ema.mul_(m).add_(p_online.detach(), alpha=1.0 - m)
+    if not ema_params:
+        return
+    torch._foreach_mul_(ema_params, m)
+    torch._foreach_add_(ema_params, online_params, alpha=1.0 - m)
 
 
 @torch.no_grad()
