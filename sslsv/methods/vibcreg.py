@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsv import distributed
 from sslsv.config import require
 from sslsv.methods.base import Batch, Method, StepOutput, TrainingInfo, encode_views, two_views
 from sslsv.methods.heads import ProjectorConfig, build_projector
 from sslsv.methods.signals import method_metrics
-from sslsv.methods.vicreg import invariance_loss, variance_loss
+from sslsv.methods.vicreg import VICRegLoss
 from sslsv.registry import METHODS
 
 
@@ -70,22 +69,12 @@ def normalized_covariance_loss(z: torch.Tensor) -> torch.Tensor:
     return (corr.pow(2).sum() - torch.diagonal(corr).pow(2).sum()) / (d * d)
 
 
-class VIbCRegLoss(nn.Module):
-    """The module docstring's L. Args: z1, z2 (B, D). Returns (loss, dict of the three detached terms)."""
+class VIbCRegLoss(VICRegLoss):
+    """The module docstring's L: VICReg's loss with the normalised covariance term c(Z) above. Args: z1, z2 (B, D).
+    Returns (loss, dict of the three detached terms)."""
 
     def __init__(self, invariance_weight: float = 1.0, variance_weight: float = 1.0, covariance_weight: float = 8.0):
-        super().__init__()
-        self.weights = (invariance_weight, variance_weight, covariance_weight)
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z1, z2 = (z.to(torch.promote_types(z.dtype, torch.float32)) for z in (z1, z2))  # fp32 under AMP
-        s = invariance_loss(z1, z2)  # local batch
-        g1, g2 = distributed.gather(z1), distributed.gather(z2)  # global batch
-        v = variance_loss(g1) + variance_loss(g2)
-        c = normalized_covariance_loss(g1) + normalized_covariance_loss(g2)
-        lam, mu, nu = self.weights
-        terms = {"invariance": s.detach(), "variance": v.detach(), "covariance": c.detach()}
-        return lam * s + mu * v + nu * c, terms
+        super().__init__(invariance_weight, variance_weight, covariance_weight, covariance=normalized_covariance_loss)
 
 
 class IterNorm(nn.Module):

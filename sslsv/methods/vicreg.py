@@ -69,16 +69,18 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
 class VICRegLoss(nn.Module):
     """Eq. (8). Args: z1, z2 (B, D). Returns (loss, dict of the three detached terms)."""
 
-    def __init__(self, invariance_weight: float = 1.0, variance_weight: float = 1.0, covariance_weight: float = 0.1):
+    def __init__(self, invariance_weight: float = 1.0, variance_weight: float = 1.0, covariance_weight: float = 0.1,
+                 covariance=covariance_loss):
         super().__init__()
         self.weights = (invariance_weight, variance_weight, covariance_weight)
+        self.covariance = covariance  # c(Z); VIbCReg's normalised variant replaces it
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z1, z2 = (z.to(torch.promote_types(z.dtype, torch.float32)) for z in (z1, z2))  # fp32 under AMP
         s = invariance_loss(z1, z2)  # local batch
         g1, g2 = distributed.gather(z1), distributed.gather(z2)  # global batch
         v = variance_loss(g1) + variance_loss(g2)
-        c = covariance_loss(g1) + covariance_loss(g2)
+        c = self.covariance(g1) + self.covariance(g2)
         lam, mu, nu = self.weights
         terms = {"invariance": s.detach(), "variance": v.detach(), "covariance": c.detach()}
         return lam * s + mu * v + nu * c, terms
