@@ -65,6 +65,10 @@ UNMARKED_TABLES = {
         "per-epoch metrics of a DINO run stopped after 7 of 20 epochs (commit 302a029), copied from its metrics.jsonl; "
         "`python benchmarks/dino_learning_curve.py ... --write docs/methods.md` writes the completed runs' table "
         "(dino-learning-curve)",
+    ("docs/methods.md", "| run | step | teacher entropy | usage entropy | KL teacher-student | embedding std | "
+                        "effective rank | validation EER |"):
+        "per-step metrics of two DINO runs stopped after 20 steps (2026-12-05), copied from their metrics.jsonl; the "
+        "completed run's table is written by `python benchmarks/dino_learning_curve.py ... --write docs/methods.md`",
     ("docs/evaluation.md", "| back-end | EER (%) | minDCF0.01 | Cllr | minCllr |"):
         "PLDA rows of the two evaluate.py commands printed above it, on `make demo`'s run at commit 2d52321",
     ("docs/evaluation.md", "| trials | fraction | utterances | speakers | init | EER (%) | minDCF0.01 |"):
