@@ -239,7 +239,7 @@ class Table:
             print(f"{name:<{width}}  {a:>22}  {b:>22}  {ds}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", required=True, help="the reference checkout (theolepage/sslsv)")
     parser.add_argument("--reference-python", default=sys.executable,
@@ -251,7 +251,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per step")
     parser.add_argument("--steps", type=int, default=3, help="training steps compared (2 per epoch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and our initial weights")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.role == "reference":
         run_reference(args.reference, args.data, args.out)
         return 0

@@ -221,7 +221,9 @@ class DINO(Method):
         if not cfg.sharpening:
             return cfg.student_temperature
         if cfg.teacher_temperature_warmup and epoch < cfg.warmup_teacher_epochs:
-            fraction = epoch / cfg.warmup_teacher_epochs
+            # linspace(start, end, N) over epochs 0..N-1, as DINO and the authors' DINOLoss: the end value is
+            # reached at epoch N-1
+            fraction = epoch / max(cfg.warmup_teacher_epochs - 1, 1)
             return cfg.warmup_teacher_temperature + fraction * (cfg.teacher_temperature - cfg.warmup_teacher_temperature)
         return cfg.teacher_temperature
 
