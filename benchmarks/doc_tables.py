@@ -69,6 +69,10 @@ UNMARKED_TABLES = {
                         "effective rank | validation EER |"):
         "per-step metrics of two DINO runs stopped after 20 steps (2026-12-05), copied from their metrics.jsonl; the "
         "completed run's table is written by `python benchmarks/dino_learning_curve.py ... --write docs/methods.md`",
+    ("docs/methods.md", "| run | epochs (steps) | training time | final validation EER | test EER | "
+                        "random weights (test) |"):
+        "the table `benchmarks/dino_learning_curve.py` printed for its 150-step run (2026-12-05, commit 6ca4b48), "
+        "copied by hand with the run's command above it",
     ("docs/evaluation.md", "| back-end | EER (%) | minDCF0.01 | Cllr | minCllr |"):
         "PLDA rows of the two evaluate.py commands printed above it, on `make demo`'s run at commit 2d52321",
     ("docs/evaluation.md", "| trials | fraction | utterances | speakers | init | EER (%) | minDCF0.01 |"):

@@ -110,9 +110,8 @@ class FastResNet34(Encoder):
     """
 
     has_frames = True
-    # The trainer keeps its 2-D convolutions channels_last (NHWC): forward + backward of a batch of 32 x 2 s took
-    # 0.81x the CPU seconds of the contiguous layout on a 2-core CPU (docs/benchmarks.md); on CUDA it is the layout
-    # that bf16/fp16 convolutions prefer. On a CPU under bf16 autocast the trainer keeps NCHW (see trainer.py).
+    # On CUDA the trainer keeps its 2-D convolutions channels_last (NHWC), the layout bf16/fp16 convolutions prefer;
+    # a CPU keeps NCHW (see trainer.py: NHWC took 0.81x the CPU seconds there, but moves the demo's figures).
     channels_last = True
 
     def __init__(self, cfg: FastResNet34Config, in_features: int):
