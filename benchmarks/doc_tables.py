@@ -73,6 +73,9 @@ UNMARKED_TABLES = {
                         "random weights (test) |"):
         "the table `benchmarks/dino_learning_curve.py` printed for its 150-step run (2026-12-05, commit 6ca4b48), "
         "copied by hand with the run's command above it",
+    ("docs/methods.md", "| run | demo config | EER (%) | minDCF0.01 | train wall time (s) | against |"):
+        "rows of `benchmarks/bench_methods.py --methods rdino sdpn vibcreg simclr_ssps simclr_margin dino_ssps` "
+        "(2026-12-05, commit 40218d2) copied by hand beside the older methods-results table, which is stale",
     ("docs/evaluation.md", "| back-end | EER (%) | minDCF0.01 | Cllr | minCllr |"):
         "PLDA rows of the two evaluate.py commands printed above it, on `make demo`'s run at commit 2d52321",
     ("docs/evaluation.md", "| trials | fraction | utterances | speakers | init | EER (%) | minDCF0.01 |"):
