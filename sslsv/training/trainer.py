@@ -410,6 +410,8 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
         self.optimizer = build_optimizer(config, self.method)
         self.scheduled_lr = config.trainer.lr  # the schedule's rate at the last step (logs; encoder groups may differ)
+        # per view position: whether the step augments it (`augment: false` groups reach the method clean)
+        self.view_augmented = [group.augment for group in config.dataset.views for _ in range(group.count)]
         if cfg.compile:  # opt-in: torch.compile
             self.compile_model()
         self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
@@ -826,9 +828,8 @@ class Trainer:
                            batch["indices"].to(self.device, non_blocking=True))
         if plans:
             with self._phase("augment"):
-                augmented = [group.augment for group in self.config.dataset.views for _ in range(group.count)]
                 inputs.views = [apply_augmentation(v, **plan) if augment else v
-                                for v, plan, augment in zip(views, plans, augmented)]
+                                for v, plan, augment in zip(views, plans, self.view_augmented)]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                   enabled=self.amp_dtype is not None)
         with self._phase("forward"), autocast:
