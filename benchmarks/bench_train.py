@@ -5,8 +5,8 @@ the trainer's own step (sslsv.training.trainer.Trainer with a StepTimer attached
     python benchmarks/bench_train.py                             # the three jobs, batch 64, 8 timed steps each
     python benchmarks/bench_train.py --jobs simclr --steps 15 --repeats 3
     python benchmarks/bench_train.py --jobs dino --set trainer.amp=bf16 --device cuda
-    python benchmarks/bench_train.py --jobs simclr dino --env OMP_WAIT_POLICY=PASSIVE \
-        --reference /work/ref/sslsv --reference-python /work/ref/venv/bin/python
+    python benchmarks/bench_train.py --jobs simclr dino \
+        --reference /path/to/theolepage-sslsv --reference-python /path/to/its/python
 
 Jobs (the configs users compare first, with the demo corpus's MUSAN/RIR folders and validation off):
     simclr      configs/simclr/fast_resnet34.yml: Fast ResNet-34 SAP, 40 mels, 2 x 2 s views
@@ -20,7 +20,9 @@ h2d, augment (reverb and noise, on the device), features and encoder (forward), 
 backward, clip_check, sync (the one device->host read of the step), optimizer, after_step (EMA), diagnostics,
 logging. CPU seconds count the whole process tree (main process and loader workers, from /proc), user and system
 apart; peak memory is the largest sum of PSS over the tree (shared pages counted once) and the main process's peak
-RSS. With --reference, the same job runs on the reference toolkit (theolepage/sslsv, benchmarks/ref_sslsv_job.py)
+RSS. Our children run with the commands' process environment (sslsv.cli.PROCESS_ENVIRONMENT: the passive OpenMP
+wait policy), as `python train.py` does; the reference's children with the caller's. With --reference, the same job
+runs on the reference toolkit (theolepage/sslsv, benchmarks/ref_sslsv_job.py)
 in alternation with ours, and the differences between the two jobs are printed.
 """
 from __future__ import annotations
@@ -327,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=sorted(JOBS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        import sslsv.cli  # noqa: F401  (the commands' process environment, OMP_WAIT_POLICY: as users run training)
+
         print(json.dumps(run_job(args)))
         return 0
     if not (Path(args.data_root) / "demo" / "train.csv").is_file():

@@ -103,7 +103,9 @@ class StopAfter:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sslsv", required=True, help="the reference toolkit's checkout")
-    parser.add_argument("--job", choices=sorted(CONFIGS), required=True, help="job")
+    parser.add_argument("--job", choices=sorted(CONFIGS) + ["extract"], required=True,
+                        help="a training job, or extract: full-length embeddings of --files (bench_extract.py)")
+    parser.add_argument("--files", help="extract: text file of audio paths relative to --data-root")
     parser.add_argument("--batch-size", type=int, default=64, help="utterances per step")
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -125,6 +127,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ref_sslsv_"))
     os.chdir(work)  # the reference reads ./data (dataset.base_path, a Path its YAML loader cannot set)
     demo_layout(data_root, work / "data")
+    if args.job == "extract":
+        return extract(args, data_root, work)
     config_data = YAML(typ="safe", pure=True).load(CONFIGS[args.job])
     config_data.setdefault("trainer", {}).update({"batch_size": args.batch_size, "epochs": 1000})
     config_data["dataset"].update({"train": "demo/train.csv",
@@ -158,6 +162,42 @@ def main() -> int:
         "peak_rss_main_gb": max_rss_bytes() / 1e9, "peak_device_gb": None, "step_s": {},
         "torch_threads": torch.get_num_threads(), "differences": DIFFERENCES,
     }))
+    return 0
+
+
+def extract(args, data_root: Path, work: Path) -> int:
+    """Full-length embeddings of the files listed in --files with the reference's own evaluation loop
+    (`BaseEvaluation._extract_embeddings` with `frame_length: null`, which sets batch 1, as its vox1-O tasks do),
+    the SimCLR config's model (thin ResNet-34, SAP, 40 mels) with random weights in eval mode."""
+    import torch
+    from ruamel.yaml import YAML
+
+    from sslsv.bin.train import MethodWrapper
+    from sslsv.evaluations._BaseEvaluation import BaseEvaluation, EvaluationTaskConfig
+    from sslsv.utils.helpers import load_config, load_model
+
+    (work / "data" / "bench_extract").symlink_to((data_root / "bench_extract").resolve())
+    files = Path(args.files).read_text().split()
+    config_data = YAML(typ="safe", pure=True).load(CONFIGS["simclr"])
+    config_data["dataset"].update({"num_workers": args.workers, "pin_memory": args.device != "cpu"})
+    config_data["evaluation"] = {"validation": [], "test": []}
+    model_dir = Path("models") / "extract"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.yml").write_text(json.dumps(config_data))
+    config = load_config(str(model_dir / "config.yml"), verbose=False)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = MethodWrapper(load_model(config).to(device))
+    model.eval()
+    evaluation = BaseEvaluation(model, config, EvaluationTaskConfig(frame_length=None), device)
+    with PeakMemory() as memory:
+        (u0, s0), start = tree_cpu(os.getpid()), time.perf_counter()
+        embeddings = evaluation._extract_embeddings(files)
+        wall, (u1, s1) = time.perf_counter() - start, tree_cpu(os.getpid())
+    print(json.dumps({"toolkit": "reference (theolepage/sslsv) batch 1", "utterances": len(embeddings),
+                      "dim": int(next(iter(embeddings.values())).shape[-1]), "wall_s": wall, "cpu_user_s": u1 - u0,
+                      "cpu_sys_s": s1 - s0, "peak_pss_gb": memory.peak / 1e9,
+                      "torch_threads": torch.get_num_threads()}))
     return 0
 
 

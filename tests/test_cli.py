@@ -1,5 +1,6 @@
 """The `sslsv` command line: the dispatcher, the error-to-exit wrapper and the run-level sub-commands."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,17 @@ def test_weights_option_is_one_spelling_with_the_old_flags_still_parsed():
     assert weights_choice(parser.parse_args(["--weights", "best"])) == (True, True)
     assert weights_choice(parser.parse_args(["--last"])) == (False, False)  # older spelling, hidden from -h
     assert "--last" not in parser.format_help() and "--weights" in parser.format_help()
+
+
+def test_commands_set_the_openmp_wait_policy_before_torch_starts():
+    """Every entry point (train.py, evaluate.py, `sslsv ...`) imports sslsv.cli first: it must set the passive
+    OpenMP wait policy without importing torch (the runtime reads it once, at start), and keep a user's value."""
+    code = ("import os, sys; import sslsv.cli.train; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    first = subprocess.run([sys.executable, "-c", code.replace("import sslsv.cli.train; ", "import sslsv.cli; ")],
+                           cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["PASSIVE", "False"]
+    kept = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, check=True)
+    assert kept.stdout.split()[0] == "ACTIVE"

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
-__all__ = ["COMMANDS", "main", "version"]
+__all__ = ["COMMANDS", "PROCESS_ENVIRONMENT", "main", "version"]
+
+# Set for every command before torch is imported (it is read when PyTorch's OpenMP runtime starts); a value the
+# user exported wins. GNU OpenMP's default (ACTIVE) makes PyTorch's intra-op threads spin between parallel regions;
+# a training or an extraction always shares the cores with its own loader workers, and spinning threads then take
+# the cores the workers and the other thread need: measured on 2 cores, 6.4x the CPU seconds of a forward and
+# backward under load, and 3 % fewer samples/s on an idle machine (docs/benchmarks.md, "Training step").
+PROCESS_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
+for _name, _value in PROCESS_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 # name -> (module under sslsv.cli, function taking argv and returning an exit status, one-line summary)
 COMMANDS: dict[str, tuple[str, str, str]] = {
