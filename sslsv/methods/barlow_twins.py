@@ -80,7 +80,7 @@ class BarlowTwins(Method):
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = two_views(batch, "barlow_twins")
         z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
-        return StepOutput(self.loss(z1, z2), method_metrics(torch.cat([z1, z2])))
+        return StepOutput(self.loss(z1, z2), method_metrics(torch.cat([z1, z2]), self.diagnostics_due))
 
 
 def _at_least_float32(z: torch.Tensor) -> torch.Tensor:

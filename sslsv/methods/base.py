@@ -67,6 +67,10 @@ class Method(nn.Module):
         # Maximum value of each entropy metric the method logs (e.g. log of the number of candidates), read by its
         # NearMaximum collapse rules to recognise "uniform" collapse; may be filled on the first step.
         self.entropy_bounds: dict[str, float] = {}
+        # Whether this forward computes the costly diagnostics too (an SVD: `method_metrics(z, full=...)`). The
+        # trainer sets it False on the steps between `trainer.diagnostics_every_steps` and sets it back afterwards;
+        # every other caller (evaluation, tests, the compute profile) gets the full metrics.
+        self.diagnostics_due: bool = True
 
     def forward(self, batch: Batch) -> StepOutput:
         raise NotImplementedError

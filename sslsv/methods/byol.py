@@ -76,7 +76,7 @@ class BYOL(Method):
         with torch.no_grad():
             t1, t2 = encode_views(lambda x: self.target_projector(self.target_encoder(x)), [x1, x2])
         loss = self.loss(p1, p2, t1, t2)
-        return StepOutput(loss, method_metrics(torch.cat([z1, z2])))
+        return StepOutput(loss, method_metrics(torch.cat([z1, z2]), self.diagnostics_due))
 
     def after_optimizer_step(self, progress: float) -> None:
         m = cosine_schedule(progress, self.cfg.momentum_start, self.cfg.momentum_end)

@@ -12,7 +12,9 @@ Kinds of rule:
   log of the number of candidates): a uniform distribution.
 - `Compound`: any test over several signals and thresholds, given as a function (e.g. DINO's information ratio).
 
-A rule whose signals (or bound) are missing from a step is skipped; a threshold set to None switches its rule off.
+A rule whose signals (or bound) are missing from a step is skipped, and its streak is kept until a step reports them
+again (`effective_rank` is computed every `trainer.diagnostics_every_steps` steps: its patience counts those steps);
+a threshold set to None switches its rule off.
 
 The review: T. Lepage, R. Dehak, "Self-Supervised Learning for Speaker Recognition: A study and review",
 2026, arXiv:2602.10829 (docs/references.md).

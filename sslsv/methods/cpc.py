@@ -156,5 +156,6 @@ class CPC(Method):
         loss = torch.stack(losses).mean()
         # Keep every encoder parameter in the graph (a non-recurrent pooling and the head are unused by Eq. 1), for DDP.
         loss = loss + 0.0 * sum(p.sum() for p in self.encoder.parameters() if p.requires_grad)
-        metrics = {"contrastive_entropy": torch.stack(entropies).mean(), **method_metrics(torch.cat(contexts))}
+        metrics = {"contrastive_entropy": torch.stack(entropies).mean(),
+                   **method_metrics(torch.cat(contexts), self.diagnostics_due)}
         return StepOutput(loss, metrics)

@@ -153,7 +153,7 @@ class DeepCluster(Method):
         with torch.no_grad():
             predicted = (F.normalize(z1, dim=1) @ F.normalize(self.heads[0].weight, dim=1).T).argmax(dim=1)
         metrics = {"cluster_entropy": cluster_usage_entropy(predicted, self.cfg.num_clusters[0]),
-                   **method_metrics(torch.cat([z1, z2]))}
+                   **method_metrics(torch.cat([z1, z2]), self.diagnostics_due)}
         return StepOutput(loss, metrics)
 
     @torch.no_grad()

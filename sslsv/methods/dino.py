@@ -269,7 +269,7 @@ class DINO(Method):
             "teacher_usage_entropy": cluster_usage_entropy(torch.cat(targets)),
             "kl_teacher_student": kl,
             "teacher_temperature": torch.tensor(self.teacher_temperature(self.epoch), device=loss.device),
-            **method_metrics(torch.cat(representations[:g])),
+            **method_metrics(torch.cat(representations[:g]), self.diagnostics_due),
             **ssps_metrics,
         }
         return StepOutput(loss, metrics)

@@ -186,7 +186,7 @@ class MoCo(Method):
         accuracy = torch.cat([logits_1, logits_2]).argmax(dim=1).eq(0).float().mean()
         metrics = {"accuracy": accuracy,
                    "contrastive_entropy": (softmax_entropy(logits_1) + softmax_entropy(logits_2)) / 2,
-                   **method_metrics(torch.cat([q1, q2]))}
+                   **method_metrics(torch.cat([q1, q2]), self.diagnostics_due)}
         metrics.update(self.loss.margin.metrics(loss.device))
         filled = min(self.keys_seen, self.cfg.queue_size)
         if filled > 0 and len(q1) > 1:

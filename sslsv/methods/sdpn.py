@@ -197,7 +197,7 @@ class SDPN(Method):
             "target_entropy": softmax_entropy(torch.log(targets.clamp_min(1e-30))),
             "prototype_usage_entropy": cluster_usage_entropy(probs),
             "cluster_entropy": cluster_usage_entropy(targets.argmax(dim=1), self.cfg.num_prototypes),
-            **method_metrics(torch.cat(representations)),
+            **method_metrics(torch.cat(representations), self.diagnostics_due),
         }
         return StepOutput(loss, metrics)
 

@@ -84,6 +84,10 @@ def cluster_usage_entropy(x: torch.Tensor, num_clusters: int | None = None) -> t
 
 
 
-def method_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The two signals every method logs for its embeddings (B, D)."""
+def method_metrics(z: torch.Tensor, full: bool = True) -> dict[str, torch.Tensor]:
+    """The two signals every method logs for its embeddings (B, D). full=False leaves out `effective_rank` (an SVD):
+    methods pass their `diagnostics_due` flag, which the trainer sets False on the steps between diagnostics
+    (`trainer.diagnostics_every_steps`); every other caller gets both."""
+    if not full:
+        return {"embedding_std": embedding_std(z)}
     return {"embedding_std": embedding_std(z), "effective_rank": effective_rank(z)}

@@ -133,7 +133,7 @@ class SimCLR(Method):
         loss, metrics = self.loss(z1, z2)
         candidates = 2 * len(z1) * distributed.world_size() - 1
         self.entropy_bounds["contrastive_entropy"] = math.log(candidates)  # read by the collapse detector
-        return StepOutput(loss, {**metrics, **method_metrics(embeddings), **ssps_metrics,
+        return StepOutput(loss, {**metrics, **method_metrics(embeddings, self.diagnostics_due), **ssps_metrics,
                                  **self.loss.margin.metrics(loss.device)})
 
     def after_optimizer_step(self, progress: float) -> None:

@@ -59,4 +59,4 @@ class SimSiam(Method):
         z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         loss = self.loss(p1, p2, z1, z2)
-        return StepOutput(loss, method_metrics(torch.cat([z1, z2])))
+        return StepOutput(loss, method_metrics(torch.cat([z1, z2]), self.diagnostics_due))

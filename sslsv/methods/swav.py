@@ -138,7 +138,7 @@ class SwAV(Method):
         assignments = torch.cat([scores1, scores2]).detach().argmax(dim=1)
         metrics = {"cluster_entropy": cluster_usage_entropy(assignments, self.cfg.num_prototypes),
                    "queue_used": torch.tensor(float(use_queue), device=loss.device),
-                   **method_metrics(torch.cat([z1, z2]))}
+                   **method_metrics(torch.cat([z1, z2]), self.diagnostics_due)}
         return StepOutput(loss, metrics)
 
     @torch.no_grad()

@@ -146,4 +146,4 @@ class VIbCReg(Method):
         x1, x2 = two_views(batch, "vibcreg")
         z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         loss, terms = self.loss(z1, z2)
-        return StepOutput(loss, {**terms, **method_metrics(torch.cat([z1, z2]))})
+        return StepOutput(loss, {**terms, **method_metrics(torch.cat([z1, z2]), self.diagnostics_due)})

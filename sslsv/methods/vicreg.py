@@ -99,4 +99,4 @@ class VICReg(Method):
         x1, x2 = two_views(batch, "vicreg")
         z1, z2 = encode_views(lambda x: self.projector(self.encoder(x)), [x1, x2])
         loss, terms = self.loss(z1, z2)
-        return StepOutput(loss, {**terms, **method_metrics(torch.cat([z1, z2]))})
+        return StepOutput(loss, {**terms, **method_metrics(torch.cat([z1, z2]), self.diagnostics_due)})

@@ -43,26 +43,34 @@ class CollapseDetector:
 
     def holding(self, metrics: dict[str, float]) -> dict[str, str]:
         """Rules that hold for these metrics: rule key -> explanation. A rule with a missing signal is skipped."""
-        found = {}
+        return {key: message for key, message in self._judged(metrics).items() if message is not None}
+
+    def _judged(self, metrics: dict[str, float]) -> dict[str, str | None]:
+        """Every rule whose signals are all present (and finite): rule key -> its explanation, or None."""
+        judged = {}
         for rule in self.rules:
             values = {name: _value(metrics, name) for name in rule.signals}
             if any(v is None for v in values.values()):
                 continue
-            message = rule.holds(values, self.entropy_bounds, self.thresholds)
-            if message is not None:
-                found[rule.key] = message
-        return found
+            judged[rule.key] = rule.holds(values, self.entropy_bounds, self.thresholds)
+        return judged
 
     def check(self, step: int, metrics: dict[str, float]) -> str | None:
-        """metrics: this step's scalars (keys with or without the `train/` prefix). Returns a message or None."""
+        """metrics: this step's scalars (keys with or without the `train/` prefix). Returns a message or None.
+        A rule is judged only at the steps that report its signals (a diagnostic computed every
+        `trainer.diagnostics_every_steps` steps): its streak counts those checks and is kept, not reset, between
+        them."""
         if not self.cfg.enabled:
             return None
-        holding = self.holding(metrics)
-        self.streaks = {name: self.streaks.get(name, 0) + 1 for name in holding}
-        due = [holding[n] for n, count in self.streaks.items() if count % self.cfg.patience_steps == 0]
+        judged = self._judged(metrics)
+        holding = {key: message for key, message in judged.items() if message is not None}
+        streaks = {name: count for name, count in self.streaks.items() if name not in judged}  # not judged: kept
+        streaks.update((name, self.streaks.get(name, 0) + 1) for name in holding)  # judged and not holding: reset
+        self.streaks = streaks
+        due = [holding[n] for n in holding if streaks[n] % self.cfg.patience_steps == 0]
         if not due:
             return None
-        longest = max(self.streaks.values())
+        longest = max(streaks[n] for n in holding)
         return f"collapse suspected at step {step} (for {longest} checks): " + "; ".join(due)
 
     def state_dict(self) -> dict:

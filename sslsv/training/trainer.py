@@ -36,6 +36,7 @@ from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
 from sslsv.data.manifest import Manifest, ManifestError, check_manifest, deep_check_manifest, read_manifest
 from sslsv.data.shards import ShardSet, ShardStream, open_shards
 from sslsv.encoders.base import SpeakerModel, build_speaker_model
+from sslsv.encoders.checkpointing import enable_activation_checkpointing
 from sslsv.methods.base import Batch, Method, TrainingInfo
 from sslsv.registry import METHODS
 from sslsv import distributed
@@ -74,8 +75,9 @@ class StepTimer:
     data_wait (the main process waiting for the loader's next batch: reading and cropping run in the workers),
     h2d (host -> device copies), augment, forward (inside it, `attach` adds features and encoder for every
     SpeakerModel of the method: the rest of forward is the method's heads and loss), backward, clip_check,
-    sync (the step's one all-reduce and device -> host read), optimizer, after_step (EMA teachers, queues),
-    diagnostics (collapse watch and the finiteness check of the state) and logging. `steps` holds one
+    sync (the step's all-reduce and, on the steps that read them, the device -> host copy of the pending steps'
+    scalars: trainer.sync_every_steps), optimizer, after_step (EMA teachers, queues),
+    diagnostics (collapse watch and the finiteness check of the state, on read steps) and logging. `steps` holds one
     {phase: seconds} dict per step, `on_step_end` (if set) is called after each step with its index."""
 
     def __init__(self, device: torch.device, synchronize: bool = True):
@@ -232,6 +234,52 @@ class Position:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+
+
+@dataclass
+class PendingStep:
+    """A trained step whose scalars are still on the device (`trainer.sync_every_steps`): where it was (1-based
+    step and global step, 0-based epoch), the names of its metrics and its all-reduced scalars: loss, metrics, the
+    gradients' non-finite flag and the stop request."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    names: list[str]
+    values: torch.Tensor
+
+
+@dataclass
+class StepScalars:
+    """A step's scalars as the host reads them (PendingStep after the device -> host copy)."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    loss: float
+    metrics: dict[str, float]
+    gradients_non_finite: bool
+    stop_requested: bool
+
+
+@dataclass
+class LogWindow:
+    """The steps since the last log line: the mean loss, and the mean of each metric over the steps that reported
+    it (a diagnostic computed every `trainer.diagnostics_every_steps` steps is not averaged with zeros)."""
+
+    losses: list[float] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, loss: float, metrics: dict[str, float]) -> None:
+        self.losses.append(loss)
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {"train/loss": sum(self.losses) / len(self.losses),
+                **{f"train/{k}": v / self.counts[k] for k, v in self.sums.items()}}
 
 
 # Validation: the embedding model -> {"val/eer": ..., ...}; given by the caller (sslsv.evaluation builds one from
@@ -398,12 +446,15 @@ class Trainer:
         if self.world > 1:
             self.method = self.method.distributed_batch_norm(self.device)  # MoCo keeps per-device BN (shuffle)
         self.method.to(self.device)
-        # 2-D encoders that declare it run channels_last (NHWC) on CUDA. A CPU keeps the contiguous layout: NHWC
-        # was 0.81x the CPU time there, but it changes the order of float sums, and the demo's documented figures
-        # (a bit-reproducible CPU run) would move with it; PyTorch 2.11's CPU backward of channels_last convolutions
-        # under bf16 autocast also crashes on small shapes.
-        if getattr(self.method.encoder.encoder, "channels_last", False) and self.device.type == "cuda":
+        # 2-D encoders that declare it run channels_last (NHWC) on CUDA by default. A CPU keeps the contiguous layout
+        # unless trainer.channels_last is true: NHWC was 0.81x the CPU time there, but it changes the order of float
+        # sums, and the demo's documented figures (a bit-reproducible CPU run) would move with it; PyTorch 2.11's CPU
+        # backward of channels_last convolutions under bf16 autocast also crashes on small shapes.
+        channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        if channels_last and getattr(self.method.encoder.encoder, "channels_last", False):
             self.method.to(memory_format=torch.channels_last)
+        if cfg.activation_checkpointing:  # after the BN conversion and the move to the device; before DDP and compile
+            enable_activation_checkpointing(self.method)
         self.model: torch.nn.Module = self.method
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -430,6 +481,7 @@ class Trainer:
         self.last_improved = False
         self.preemption = PreemptionWatch()
         self.timer: StepTimer | None = None  # per-phase timing (benchmarks/bench_train.py); None: off
+        self._pending: list[PendingStep] = []  # steps whose scalars the host has not read (trainer.sync_every_steps)
 
     # ------------------------------------------------------------------------------------------------ set-up
 
@@ -506,6 +558,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write the resumable state at the current position (rank 0), refusing a state with NaN/Inf; older
         checkpoints are pruned only once this finite one is on disk. Returns its path."""
+        if self._pending:  # the loop saves right after a read; a save never comes before its steps' checks
+            self._drain(before_optimizer_step=False)
         path = self.layout.checkpoint(self.position.epoch, self.position.global_step)
         state = self._state() if self.main else None
         self._refuse_non_finite(state, path)
@@ -751,7 +805,11 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         """Train to the end of the epoch in progress. Returns what this process trained of it: steps, mean loss,
-        the last learning rate and samples/s over the epoch's training time."""
+        the last learning rate and samples/s over the epoch's training time.
+
+        The host reads the steps' scalars (loss, metrics, non-finite checks, stop request) only when `train_step`
+        drains them (`trainer.sync_every_steps`, log steps, saves, the epoch's end, a signal); each drained step is
+        then taken in order, as if it had been read at its own step."""
         cfg = self.config.trainer
         epoch = self.position.epoch
         self.sampler.set_epoch(epoch, self.position.step_in_epoch)
@@ -759,8 +817,7 @@ class Trainer:
         self.method.on_epoch_start(epoch)
         bar = tqdm(total=self.steps_per_epoch, initial=self.position.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (self.main and cfg.progress_bar), dynamic_ncols=True, leave=False)
-        window: list[float] = []
-        metric_sums: dict[str, float] = {}
+        window = LogWindow()
         tick = start = time.perf_counter()
         epoch_loss, epoch_steps = 0.0, 0
         batches = iter(self.loader)
@@ -769,16 +826,24 @@ class Trainer:
                 batch = next(batches, None)
             if batch is None:
                 break
-            loss, metrics, preempted = self.train_step(batch)
+            try:
+                drained = self.train_step(batch)
+            except Exception:
+                # Steps trained since the last read may explain the failure (NaN weights): their check speaks first.
+                self._drain_pending_before_error()
+                raise
             self.position.step_in_epoch += 1
             self.position.global_step += 1
-            with self._phase("diagnostics"):
-                self._watch_collapse(metrics)
-            window.append(loss)
-            epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
-            for key, value in metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + value
             bar.update(1)
+            preempted = False
+            for step in drained:
+                with self._phase("diagnostics"):
+                    self._watch_collapse(step)
+                window.add(step.loss, step.metrics)
+                epoch_loss, epoch_steps = epoch_loss + step.loss, epoch_steps + 1
+                preempted = preempted or step.stop_requested
+            # train_step drains at every log step, checkpoint step and the epoch's last step: when one is due here,
+            # every step trained so far has been read
             log_due = self.position.global_step % cfg.log_every_steps == 0 \
                 or self.position.step_in_epoch == self.steps_per_epoch
             if log_due:
@@ -786,17 +851,18 @@ class Trainer:
                     self._check_state_finite()
             if log_due or preempted:  # preempted: the steps since the last line are logged, not lost
                 elapsed = time.perf_counter() - tick
+                means = window.means()
                 record = {
-                    "epoch": epoch + 1, "step": self.position.global_step, "train/loss": sum(window) / len(window),
+                    "epoch": epoch + 1, "step": self.position.global_step, "train/loss": means.pop("train/loss"),
                     "train/lr": self.scheduled_lr,
-                    "train/samples_per_s": len(window) * self.config.dataset.batch_size / max(elapsed, 1e-9),
-                    **{f"train/{k}": v / len(window) for k, v in metric_sums.items()},
+                    "train/samples_per_s": len(window.losses) * self.config.dataset.batch_size / max(elapsed, 1e-9),
+                    **means,
                 }
                 with self._phase("logging"):
                     self._log(record)
                     bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
                                     rate=f"{record['train/samples_per_s']:.0f}/s")
-                window, metric_sums, tick = [], {}, time.perf_counter()
+                window, tick = LogWindow(), time.perf_counter()
             if self.timer is not None:
                 self.timer.end_step()
             if preempted:
@@ -805,15 +871,22 @@ class Trainer:
             if cfg.checkpoint_every_steps and self.position.global_step % cfg.checkpoint_every_steps == 0 \
                     and self.position.step_in_epoch < self.steps_per_epoch:
                 self.save_checkpoint()
+        if self._pending:  # the loader ended before the epoch's last step: its steps are read before anything else
+            with self._phase("sync"):
+                for step in self._drain(before_optimizer_step=False):
+                    self._watch_collapse(step)
+                    epoch_loss, epoch_steps = epoch_loss + step.loss, epoch_steps + 1
         bar.close()
         seconds = time.perf_counter() - start
         return {"steps": epoch_steps, "loss": epoch_loss / max(epoch_steps, 1),
                 "lr": self.scheduled_lr,
                 "samples_per_s": epoch_steps * self.config.dataset.batch_size / max(seconds, 1e-9)}
 
-    def train_step(self, batch: dict) -> tuple[float, dict[str, float], bool]:
-        """One optimiser step. Returns the loss and metrics (averaged over ranks) and whether a rank was asked to
-        stop (SIGTERM/SIGUSR1), which every rank learns at the same step."""
+    def train_step(self, batch: dict) -> list[StepScalars]:
+        """One optimiser step. Its loss, metrics, gradient check and stop request (averaged over ranks: one
+        all-reduce per step) stay on the device until a read is due (`_read_due`); then every pending step is read
+        in one device -> host copy, checked (the first non-finite loss or gradients stops training, before this
+        step's optimiser step) and returned, oldest first. Returns [] when nothing was read."""
         cfg = self.config.trainer
         # Dropout and any other global-RNG use are keyed by step and rank: identical after a resume.
         torch.manual_seed(cfg.seed * 1_000_003 + self.position.global_step * 7919 + self.rank)
@@ -832,8 +905,12 @@ class Trainer:
                                 for v, plan, augment in zip(views, plans, self.view_augmented)]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                   enabled=self.amp_dtype is not None)
-        with self._phase("forward"), autocast:
-            output = self.model(inputs)
+        self.method.diagnostics_due = self._diagnostics_due()
+        try:
+            with self._phase("forward"), autocast:
+                output = self.model(inputs)
+        finally:
+            self.method.diagnostics_due = True  # any other caller of forward gets every metric
         with self._phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(output.loss).backward()
@@ -846,17 +923,16 @@ class Trainer:
         with self._phase("clip_check"):
             gradients_non_finite = self._clip_and_check_gradients()
         with self._phase("sync"):
-            stop_requested = torch.full((), float(self.preemption.received is not None), device=self.device)
-            # One all-reduce and one device->host copy per step for the loss, every metric, the gradients'
-            # finiteness and the stop request together.
+            asked = self.preemption.received is not None
+            stop_requested = torch.full((), float(asked), device=self.device)
+            # One all-reduce per step (a device operation under NCCL) for the loss, every metric, the gradients'
+            # finiteness and the stop request together; the host reads them when a read is due.
             names = list(output.metrics)
             scalars = [output.loss.detach().float()] + [output.metrics[k].detach().float().reshape(()) for k in names]
-            values = distributed.all_reduce_mean(torch.stack(scalars + [gradients_non_finite, stop_requested])).tolist()
-        loss_value, metrics = values[0], dict(zip(names, values[1 : 1 + len(names)]))
-        if not math.isfinite(loss_value):
-            self._fail_non_finite(f"loss is {loss_value}")
-        if values[-2] > 0:
-            self._fail_non_finite(f"gradients are not finite ({', '.join(self._non_finite_gradients())})")
+            values = distributed.all_reduce_mean(torch.stack(scalars + [gradients_non_finite, stop_requested]))
+            self._pending.append(PendingStep(self.position.epoch, self.position.step_in_epoch + 1,
+                                             self.position.global_step + 1, names, values))
+            drained = self._drain(before_optimizer_step=True) if self._read_due(asked) else []
         with self._phase("optimizer"):
             scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
@@ -865,7 +941,65 @@ class Trainer:
         if stepped:
             with self._phase("after_step"):
                 self.method.after_optimizer_step((self.position.global_step + 1) / max(self.total_steps, 1))
-        return loss_value, metrics, values[-1] > 0
+        return drained
+
+    def _read_due(self, asked: bool) -> bool:
+        """Whether the host reads the pending steps at the step in progress (before its optimiser step): every
+        `trainer.sync_every_steps` steps, at a log step, a checkpoint step and the epoch's last step (everything
+        that logs or saves comes right after a read), and, in a single process, as soon as a signal has come
+        (`asked`). Under DDP the stop request travels in the scalars and every rank stops at the next read: the
+        reads fall on the same steps on every rank."""
+        cfg = self.config.trainer
+        step, in_epoch = self.position.global_step + 1, self.position.step_in_epoch + 1
+        return (step % cfg.sync_every_steps == 0 or step % cfg.log_every_steps == 0
+                or in_epoch == self.steps_per_epoch
+                or bool(cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0)
+                or (asked and self.world == 1))
+
+    def _diagnostics_due(self) -> bool:
+        """Whether the step in progress computes the costly diagnostics (`Method.diagnostics_due`): every
+        `trainer.diagnostics_every_steps` steps and at every log step, so that every logged line has them."""
+        cfg = self.config.trainer
+        step, in_epoch = self.position.global_step + 1, self.position.step_in_epoch + 1
+        return (step % cfg.diagnostics_every_steps == 0 or step % cfg.log_every_steps == 0
+                or in_epoch == self.steps_per_epoch)
+
+    def _read_pending(self, pending: list[PendingStep]) -> list[float]:
+        """The one device -> host copy of a read: every pending step's scalars, concatenated."""
+        return torch.cat([p.values for p in pending]).tolist()
+
+    def _drain(self, before_optimizer_step: bool) -> list[StepScalars]:
+        """Read the pending steps (one copy) and check them in order: the first step whose loss or gradients are
+        not finite stops training, named by its own epoch, step and global step. `before_optimizer_step`: called
+        by train_step, before the optimiser step of the newest pending step (its gradients are still there)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        values = self._read_pending(pending)
+        steps, offset = [], 0
+        for p in pending:
+            n = len(p.names)
+            chunk, offset = values[offset : offset + n + 3], offset + n + 3
+            step = StepScalars(p.epoch, p.step_in_epoch, p.global_step, chunk[0], dict(zip(p.names, chunk[1 : 1 + n])),
+                               chunk[-2] > 0, chunk[-1] > 0)
+            # the step in progress, before its optimiser step: its gradients are still there, nothing of it applied
+            current = before_optimizer_step and p is pending[-1]
+            stopped_at = None if current else pending[-1].global_step
+            if not math.isfinite(step.loss):
+                self._fail_non_finite(f"loss is {step.loss}", step, stopped_at)
+            if step.gradients_non_finite:
+                names = ", ".join(self._non_finite_gradients()) if current else (
+                    "parameter names unknown: that step's gradients were gone when the host read its check; "
+                    "trainer.sync_every_steps=1 names them")
+                self._fail_non_finite(f"gradients are not finite ({names})", step, stopped_at)
+            steps.append(step)
+        return steps
+
+    def _drain_pending_before_error(self) -> None:
+        """A step failed with steps still unread: read them first, so that a non-finite step before the failure
+        is reported (TrainingError) instead of the error it caused; otherwise the failure goes on as it is."""
+        if self._pending:
+            self._drain(before_optimizer_step=False)
 
     def compile_model(self) -> None:
         """torch.compile the module the step runs (the method, under DDP its wrapper); the weights stay shared with
@@ -925,24 +1059,35 @@ class Trainer:
             return flag
         return distributed.all_reduce_mean(torch.tensor(float(flag), device=self.device)).item() > 0
 
-    def _watch_collapse(self, metrics: dict[str, float]) -> None:
-        """Metrics are already averaged over ranks, so every rank takes the same decision."""
-        message = self.collapse.check(self.position.global_step, metrics)
+    def _watch_collapse(self, step: StepScalars) -> None:
+        """One read step's metrics (already averaged over ranks, so every rank takes the same decision), judged at
+        its own step number. With collapse.action=stop, the checkpoint is saved at the current position: the
+        steps read together with this one (trainer.sync_every_steps) were checked finite and are in it."""
+        message = self.collapse.check(step.global_step, step.metrics)
         if message is None:
             return
         if self.main:
             tqdm.write(f"warning: {message}")
-            self._log({"epoch": self.position.epoch + 1, "step": self.position.global_step, "collapse": message})
+            self._log({"epoch": step.epoch + 1, "step": step.global_step, "collapse": message})
         if self.collapse.should_stop:
             self.save_checkpoint()
-            raise TrainingError(f"{message} (collapse.action=stop; the checkpoint at this step is kept)")
+            where = "this step" if step.global_step == self.position.global_step \
+                else f"global step {self.position.global_step}"
+            raise TrainingError(f"{message} (collapse.action=stop; the checkpoint at {where} is kept)")
 
-    def _fail_non_finite(self, what: str) -> NoReturn:
-        """Before the optimiser step: nothing of this step is applied or saved."""
+    def _fail_non_finite(self, what: str, step: StepScalars, stopped_at: int | None) -> NoReturn:
+        """`stopped_at` None: the step is the one in progress, before its optimiser step (nothing of it is applied
+        or saved). Otherwise (trainer.sync_every_steps > 1) the host read it when it read global step `stopped_at`:
+        the optimiser steps in between ran in memory, but nothing was saved since the read before the step."""
+        if stopped_at is None:
+            stopped = "before the optimiser step"
+        else:
+            stopped = (f"at global step {stopped_at} (the host reads the loss and gradient checks every "
+                       f"trainer.sync_every_steps={self.config.trainer.sync_every_steps} steps) and nothing from "
+                       f"global step {step.global_step} on was saved")
         raise TrainingError(
-            f"{what} at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch + 1} "
-            f"(global step {self.position.global_step + 1}); training stopped before the optimiser step, "
-            f"{self._last_good()}. {self._causes()}"
+            f"{what} at epoch {step.epoch + 1}, step {step.step_in_epoch} (global step {step.global_step}); "
+            f"training stopped {stopped}, {self._last_good()}. {self._causes()}"
         )
 
     def _fail_non_finite_state(self, names: list[str], unsaved: str) -> NoReturn:
