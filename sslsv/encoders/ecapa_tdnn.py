@@ -197,6 +197,10 @@ class ECAPATDNN(Encoder):
     def frame_pooling(self) -> nn.Module:
         return self.pooling
 
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The SE-Res2Blocks, which activation checkpointing wraps (sslsv/encoders/checkpointing.py)."""
+        return list(self.blocks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed(self.forward_frames(x))
 

@@ -171,6 +171,11 @@ class FastResNet34(Encoder):
     def frame_pooling(self) -> nn.Module | None:
         return self.pooling
 
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The stem and the SE residual blocks, which activation checkpointing wraps (sslsv/encoders/checkpointing.py);
+        the stem keeps the largest map of the network otherwise (its convolution's output, at full time resolution)."""
+        return [self.stem, *(block for stage in self.stages for block in stage)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = self.forward_frames(x)
         return self.final_bn(self.head(self.pooling(frames)))

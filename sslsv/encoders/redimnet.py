@@ -426,6 +426,10 @@ class ReDimNet(Encoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooling(self.forward_frames(x)))
 
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The stages, which activation checkpointing wraps (sslsv/encoders/checkpointing.py)."""
+        return list(self.stages)
+
     def forward_with_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self._outputs(x)
         embedding = self.head(self.pooling(self.final_aggregation(outputs)))

@@ -195,6 +195,11 @@ class SSRFNet(Encoder):
     def frame_pooling(self) -> nn.Module:
         return self.pooling
 
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The SV-Mixer blocks and the ReDimNet stages, which activation checkpointing wraps
+        (sslsv/encoders/checkpointing.py)."""
+        return [*self.sv_mixer.blocks, *self.stages]
+
     def forward_layers(self, wave: torch.Tensor) -> torch.Tensor:
         """The SV-Mixer states (B, L+1, T, H) alone (the ReDimNet side is not run)."""
         return self.sv_mixer.forward_layers(wave)

@@ -267,6 +267,10 @@ class SVMixer(Encoder):
     def frame_pooling(self) -> nn.Module:
         return self.pooling
 
+    def checkpoint_units(self) -> list[nn.Module]:
+        """The mixer blocks, which activation checkpointing wraps (sslsv/encoders/checkpointing.py)."""
+        return list(self.backbone.blocks)
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.linear(self.pooling(self.forward_frames(wave)))
 
