@@ -48,24 +48,36 @@ def device_of(name: str):
     return torch.device(name)
 
 
+# fp32, compile off, on top of the matrix: the per-step host read and SVD of before trainer.sync_every_steps /
+# trainer.diagnostics_every_steps (what deferring them gains), and DINO's peak memory with activation checkpointing.
+VARIANTS = {
+    "simclr": [("sync every step", ["trainer.sync_every_steps=1", "trainer.diagnostics_every_steps=1"])],
+    "dino": [("activation checkpointing", ["trainer.activation_checkpointing=true"])],
+}
+
+
 def training_rows(args, device) -> list[dict]:
     rows = []
     compile_options = [False, True] if (device.type == "cuda" or not args.quick) and not args.no_compile else [False]
     for number, job in enumerate(args.jobs):
-        for amp in ("none", "bf16") if number == 0 or not args.quick else ("none",):
-            for compiled in compile_options:
-                overrides = [f"trainer.amp={amp}"] + (QUICK[job] if args.quick else [])
-                namespace = SimpleNamespace(
-                    child=job, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                    workers=args.workers, log_every=5, data_root=args.data_root, device=str(device),
-                    set=overrides, compile=compiled)
-                row = run_job(namespace)
-                rows.append(row)
-                print(f"{job:10s} {amp:4s} compile={'on ' if compiled else 'off'} {row['samples_per_s']:8.1f} "
-                      f"samples/s  busy {row['busy_fraction']:.2f}  "
-                      f"peak {'device' if row['peak_device_gb'] is not None else 'PSS'} "
-                      f"{row['peak_device_gb'] if row['peak_device_gb'] is not None else row['peak_pss_gb']:.2f} GB",
-                      flush=True)
+        runs = [(amp, compiled, "", []) for amp in (("none", "bf16") if number == 0 or not args.quick else ("none",))
+                for compiled in compile_options]
+        runs += [("none", False, label, extra) for label, extra in VARIANTS.get(job, [])]
+        for amp, compiled, label, extra in runs:
+            overrides = [f"trainer.amp={amp}"] + (QUICK[job] if args.quick else []) + extra
+            namespace = SimpleNamespace(
+                child=job, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                workers=args.workers, log_every=5, data_root=args.data_root, device=str(device),
+                set=overrides, compile=compiled)
+            row = run_job(namespace)
+            row["variant"] = label
+            rows.append(row)
+            print(f"{job:10s} {amp:4s} compile={'on ' if compiled else 'off'}{' ' + label if label else ''} "
+                  f"{row['samples_per_s']:8.1f} "
+                  f"samples/s  busy {row['busy_fraction']:.2f}  "
+                  f"peak {'device' if row['peak_device_gb'] is not None else 'PSS'} "
+                  f"{row['peak_device_gb'] if row['peak_device_gb'] is not None else row['peak_pss_gb']:.2f} GB",
+                  flush=True)
     return rows
 
 

@@ -37,12 +37,15 @@ def test_bench_gpu_quick_runs_every_job_on_cpu(demo_like, tmp_path):
     assert bench_gpu.main(["--device", "cpu", "--quick", "--data-root", str(demo_like), "-o", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = result["training"]
-    assert [(r["job"], r["amp"]) for r in rows] == [("simclr", "none"), ("simclr", "bf16"), ("dino", "none"),
-                                                    ("dino_ecapa", "none")]
+    assert [(r["job"], r["amp"], r["variant"]) for r in rows] == [
+        ("simclr", "none", ""), ("simclr", "bf16", ""), ("simclr", "none", "sync every step"), ("dino", "none", ""),
+        ("dino", "none", "activation checkpointing"), ("dino_ecapa", "none", "")]
     for row in rows:
         assert row["samples_per_s"] > 0 and 0.0 <= row["busy_fraction"] <= 1.0 and row["peak_pss_gb"] > 0
         # the forward was split by the hooks: the encoder ran, the method's head and loss took the rest
         assert row["step_s"]["encoder"] > 0 and row["step_s"]["backward"] > 0 and row["step_s"]["optimizer"] > 0
+    assert rows[2]["sync_every_steps"] == 1 and rows[0]["sync_every_steps"] > 1
+    assert rows[4]["activation_checkpointing"] and not rows[3]["activation_checkpointing"]
     dino = next(r for r in rows if r["job"] == "dino")
     assert dino["step_s"]["after_step"] > 0  # the EMA teacher update is its own phase
     assert result["extraction"]["batched"]["utterances_per_s"] > 0 and result["extraction"]["batch_1"]["wall_s"] > 0
