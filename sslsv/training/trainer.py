@@ -433,6 +433,12 @@ class Trainer:
         self.loader = DataLoader(self.dataset, **batching, collate_fn=collate,
                                  num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
                                  persistent_workers=persistent, worker_init_fn=ignore_preemption_signals)
+        if persistent:
+            # Fork the workers now, before the model, optimiser state and teachers exist: a worker forked later
+            # keeps the pages those held at the fork, and every page this process then writes is copied for it
+            # (copy-on-write). The first epoch's iter() reuses them (the batch sampler runs here, so the batches
+            # prefetched meanwhile are dropped and nothing else depends on this early start).
+            iter(self.loader)
         self.steps_per_epoch = self.sampler.steps
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
