@@ -5,6 +5,7 @@ and how its time grows with the number and the length of the utterances.
     python benchmarks/bench_extract.py --count 300 --repeats 3 \
         --reference /path/to/theolepage-sslsv --reference-python /path/to/its/python
     python benchmarks/bench_extract.py --scaling --counts 50 100 200 --lengths 2 4 8 16
+    python benchmarks/bench_extract.py --count 300 --amp bf16 --channels-last          # ours, bf16 + NHWC
 
 The utterances are made once under DATA_ROOT/bench_extract/ by joining demo test utterances end to end (speech,
 not noise) up to lengths drawn like VoxCeleb1's test set (log-normal, median 6.3 s, mean about 8 s, clipped to
@@ -15,7 +16,9 @@ Ours runs `sslsv.evaluation.extract_embeddings` as `sslsv evaluate` does (length
 and also at batch 1 (`--batch-1`); the reference runs its own `BaseEvaluation._extract_embeddings` with
 `frame_length: null`, which forces batch 1 (benchmarks/ref_sslsv_job.py --job extract). Every run is a fresh child
 process; runs alternate; medians and ratios are printed. CPU seconds count the whole process tree (loader workers
-included); the model build and imports are outside the timed part in both.
+included); the model build and imports are outside the timed part in both. `--amp bf16|fp16` and
+`--channels-last` run ours with that precision (extract_embeddings(amp=...)) and an NHWC model (evaluation.amp and
+evaluation.channels_last of `sslsv evaluate`); the reference always runs float32.
 """
 from __future__ import annotations
 
@@ -93,13 +96,17 @@ def child(args) -> int:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = build_speaker_model(config.encoder, config.features).to(device).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     with PeakMemory() as memory:
         (u0, s0), start = tree_cpu(os.getpid()), time.perf_counter()
         embeddings = extract_embeddings(model, files, config.features.sample_rate, device, root=args.data_root,
                                         progress=False, num_workers=args.workers,
-                                        batch_size=1 if args.batch_1 else None)
+                                        batch_size=1 if args.batch_1 else None, amp=args.amp)
         wall, (u1, s1) = time.perf_counter() - start, tree_cpu(os.getpid())
-    print(json.dumps({"toolkit": "sslsv (this)" + (" batch 1" if args.batch_1 else ""), "utterances": len(files),
+    variant = "".join([f" {args.amp}" if args.amp != "none" else "", " NHWC" if args.channels_last else "",
+                       " batch 1" if args.batch_1 else ""])
+    print(json.dumps({"toolkit": "sslsv (this)" + variant, "utterances": len(files),
                       "dim": embeddings.shape[1], "wall_s": wall, "cpu_user_s": u1 - u0, "cpu_sys_s": s1 - s0,
                       "peak_pss_gb": memory.peak / 1e9, "torch_threads": torch.get_num_threads()}))
     return 0
@@ -117,7 +124,8 @@ def run(command: list[str], env: dict) -> dict:
 
 def ours(args, files_list: Path, batch_1: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", "--files", str(files_list), "--data-root", args.data_root,
-               "--workers", str(args.workers), "--device", args.device] + (["--batch-1"] if batch_1 else [])
+               "--workers", str(args.workers), "--device", args.device, "--amp", args.amp]
+    command += (["--batch-1"] if batch_1 else []) + (["--channels-last"] if args.channels_last else [])
     return run(command, dict(os.environ, **dict(item.split("=", 1) for item in args.env or [])))
 
 
@@ -154,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-1", action="store_true", help="also run ours at batch 1")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of both toolkits (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                        help="precision of our extraction: float32 (none, default), bf16 or fp16 (CUDA only) autocast")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run our model channels_last (NHWC), as evaluation.channels_last / --channels-last do")
     parser.add_argument("--data-root", default="data", help="folder holding demo/ (default data)")
     parser.add_argument("--reference", metavar="PATH", help="the reference toolkit's checkout (theolepage/sslsv)")
     parser.add_argument("--reference-python", default=sys.executable, help="python of the reference's environment")

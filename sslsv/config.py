@@ -282,11 +282,19 @@ class EvaluationConfig:
     max_trim: float = 0.01  # files batched together are cut to the shortest; at most this fraction is dropped
     use_average: bool = True  # use the averaged weights when the run has them
     device: str = "auto"
+    # Embedding extraction's precision: none (float32), bf16 or fp16 (CUDA only) autocast; outputs of a non-default
+    # setting are named apart (_bf16, _fp16; docs/evaluation.md).
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    # channels_last (NHWC) extraction for encoders that declare it (Fast ResNet-34): null = on CUDA only, true = on
+    # CPU too (outputs then named _nhwc), false = never (on CUDA named _nchw).
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         require(self.batch_seconds > 0, "evaluation.batch_seconds", "positive", self.batch_seconds)
         require(0 <= self.max_trim < 1, "evaluation.max_trim", "in [0, 1)", self.max_trim)
         check_device(self.device, "evaluation.device")
+        if self.amp == "fp16" and self.device.split(":")[0] in ("cpu", "mps"):
+            raise ConfigError(f"evaluation.amp: fp16 needs a CUDA evaluation.device, got {self.device!r}; use bf16")
 
 
 @dataclass

@@ -24,6 +24,14 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
     parser.add_argument("--random-baseline", action="store_true",
                         help="also evaluate the same encoder with its random initial weights")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"],
+                        help="precision of the embedding extraction: float32 (none), bf16 or fp16 (CUDA only) "
+                             "autocast (default: evaluation.amp of the run's config, none); outputs of bf16/fp16 are "
+                             "named apart (_bf16, _fp16), next to the float32 ones")
+    parser.add_argument("--channels-last", action="store_true", default=None,
+                        help="extract with a channels_last (NHWC) model on a CPU too, for encoders that declare it "
+                             "(Fast ResNet-34; default: evaluation.channels_last, NHWC on CUDA only); CPU outputs are "
+                             "then named apart (_nhwc)")
     backend = parser.add_argument_group("back-ends")
     backend.add_argument("--norm", nargs="+", default=["none"], choices=["none", "znorm", "tnorm", "snorm", "asnorm"],
                          help="score normalisation(s) against a cohort of the run's training utterances; each one "
@@ -81,6 +89,6 @@ def main(argv: list[str] | None = None, prog: str = "sslsv evaluate") -> int:
         evaluate_run(run_dir, args.trials, use_average=False if args.weights == "last" else None, device=args.device,
                      random_baseline=args.random_baseline, backends=backends, compare=args.compare,
                      best=args.weights == "best", audio_root=args.audio_root, overwrite=args.force,
-                     cache=not args.no_cache)
+                     cache=not args.no_cache, amp=args.amp, channels_last=args.channels_last)
 
     return run_command(run)

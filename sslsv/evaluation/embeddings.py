@@ -26,7 +26,13 @@ among themselves: their embeddings can differ from those of a complete re-extrac
 (a file cut by at most that fraction of its length; evaluation.max_trim = 0 makes every embedding exact).
 Entries are stored in parts (`<folder>/<key>/part_*.pt`, each written atomically by sslsv.runs.atomic_save and
 read memory-mapped); a 9th part merges them all into one. The device is not part of the key (CPU and GPU
-embeddings agree to float tolerance).
+embeddings agree to float tolerance). A non-default precision (`amp`: bf16 / fp16 autocast) and a channels_last
+(NHWC) model are (key entries "amp" and "layout"), so their embeddings never mix with fp32 NCHW ones; the default
+key is unchanged by them.
+
+Precision (`amp`): "none" (default) runs the model in float32 as it is; "bf16" / "fp16" run the model call under
+torch.autocast(device type, dtype) inside the same inference_mode loop (fp16 only on CUDA). Embeddings are always
+returned as float32.
 """
 from __future__ import annotations
 
@@ -50,7 +56,9 @@ from torch.utils.data import DataLoader, Dataset
 from sslsv.audio.io import AudioError, audio_info, read_audio, read_crop
 from sslsv.evaluation.errors import EvaluationError
 
-__all__ = ["Crops", "EmbeddingCache", "crop_starts", "embedding_cache", "extract_embeddings", "model_fingerprint",
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+__all__ = ["AMP_DTYPES", "Crops", "EmbeddingCache", "crop_starts", "embedding_cache", "extract_embeddings", "model_fingerprint",
            "plan_batches", "read_crops"]
 
 Source = Union[str, Path, np.ndarray, torch.Tensor]
@@ -252,15 +260,22 @@ def _lengths(sources: list, sample_rate: int, crops: Crops | None, num_workers: 
 
 
 def _embed_batches(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, count: int, crops: int | None,
-                   device: torch.device, bar) -> torch.Tensor:
-    """The batching loop: (count, D) embeddings, or (count, N, D) when each source gives N crops."""
+                   device: torch.device, bar, amp: str = "none") -> torch.Tensor:
+    """The batching loop: (count, D) embeddings, or (count, N, D) when each source gives N crops; the model call
+    under torch.autocast when `amp` is bf16 or fp16 (AMP_DTYPES)."""
     embeddings: torch.Tensor | None = None
     batches = iter(loader)
+    dtype = AMP_DTYPES[amp]
     try:
         with torch.inference_mode():
             for waves, rows in batches:
                 flat = waves.reshape(-1, waves.shape[-1])  # (B, S), or (B * N, S) for crops
-                out = model(flat.to(device=device, dtype=torch.float32, non_blocking=True))
+                flat = flat.to(device=device, dtype=torch.float32, non_blocking=True)
+                if dtype is None:
+                    out = model(flat)
+                else:
+                    with torch.autocast(device.type, dtype=dtype):
+                        out = model(flat)
                 if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != flat.shape[0]:
                     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                     raise ValueError(f"model must return (batch, dim) embeddings, got {shape} for a batch of "
@@ -287,7 +302,7 @@ def _embed_batches(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLo
 def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[Source], sample_rate: int,
                        device: str | torch.device, batch_seconds: float = 300.0, max_trim: float = 0.01,
                        root: str | Path | None = None, progress: bool = True, num_workers: int = 2,
-                       crops: Crops | None = None, batch_size: int | None = None) -> torch.Tensor:
+                       crops: Crops | None = None, batch_size: int | None = None, amp: str = "none") -> torch.Tensor:
     """Embed whole audio files (or waveforms), or N crops of each file, in padding-free batches.
 
     Whole sources are sorted by length and grouped by plan_batches: each batch is cut to its shortest source
@@ -311,6 +326,8 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
         num_workers: DataLoader worker processes (0 = read in this process).
         crops: read these crops of every file instead of the whole file (files only).
         batch_size: at most this many sources per batch (default: only the audio budget limits a batch).
+        amp: "none" (float32, the default), "bf16" or "fp16" (CUDA only): the model call runs under
+            torch.autocast(device type, that dtype); the embeddings are float32 either way.
 
     Returns:
         (U, D) float32 CPU tensor, row i the embedding of paths[i]; with crops (U, N, D), raw (not normalised).
@@ -320,7 +337,7 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
         AudioError: a file cannot be read, is empty, or a waveform holds NaN/Inf (the message names it).
         EvaluationError: the model returned NaN/Inf embeddings (the message names the inputs and any non-finite
             weight tensor).
-        ValueError: invalid arguments, or the model does not return (B, D).
+        ValueError: invalid arguments (among them fp16 off CUDA), or the model does not return (B, D).
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -329,24 +346,25 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
     if batch_seconds <= 0 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"batch_seconds and batch_size must be positive, got {batch_seconds} and {batch_size}")
     device = torch.device(device)
+    check_amp(amp, device)
     sources = _sources(paths, root, crops)
     if not sources:
         return torch.empty(0, 0, dtype=torch.float32) if crops is None else torch.empty(0, crops.count, 0)
 
     def extract(chosen: list, seed_rows: list[int] | None) -> torch.Tensor:
         return _extract(model, chosen, seed_rows, sample_rate, device, batch_seconds, max_trim, progress,
-                        num_workers, crops, batch_size)
+                        num_workers, crops, batch_size, amp)
 
     folder = _CACHE_FOLDER.get()
     if folder is None or not isinstance(model, torch.nn.Module) or not all(isinstance(s, str) for s in sources):
         return extract(sources, None)
-    cache = EmbeddingCache.for_model(folder, model, sample_rate, crops, max_trim)
+    cache = EmbeddingCache.for_model(folder, model, sample_rate, crops, max_trim, amp)
     return cache.extract(sources, crops, extract)
 
 
 def _extract(model, sources: list, seed_rows: list[int] | None, sample_rate: int, device: torch.device,
              batch_seconds: float, max_trim: float, progress: bool, num_workers: int, crops: Crops | None,
-             batch_size: int | None) -> torch.Tensor:
+             batch_size: int | None, amp: str = "none") -> torch.Tensor:
     """extract_embeddings of resolved sources, without the cache."""
     lengths = _lengths(sources, sample_rate, crops, num_workers)
     batches = plan_batches(lengths, batch_seconds * sample_rate, max_trim if crops is None else 0.0, batch_size)
@@ -359,12 +377,28 @@ def _extract(model, sources: list, seed_rows: list[int] | None, sample_rate: int
         bar = tqdm(total=len(sources), desc="embeddings" if crops is None else f"embeddings ({crops.count} crops)",
                    unit="file", file=sys.stderr, dynamic_ncols=True)
     try:
-        embeddings = _embed_batches(model, loader, len(sources), None if crops is None else crops.count, device, bar)
+        embeddings = _embed_batches(model, loader, len(sources), None if crops is None else crops.count, device, bar,
+                                    amp)
     finally:
         if bar is not None:
             bar.close()
     _check_finite(embeddings, sources, model)
     return embeddings
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """ValueError (one line) for an unknown `amp` or fp16 off CUDA (CPU autocast has no fp16 convolutions)."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp fp16 needs a CUDA device, got {device}; use bf16 on {device.type}")
+
+
+def is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's 4-D weights are in the channels_last (NHWC) memory format (a 1 x 1 kernel with one
+    channel is both; any tensor that is NHWC and not NCHW decides)."""
+    return any(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+               for t in model.parameters())
 
 
 def _check_finite(embeddings: torch.Tensor, sources: list, model) -> None:
@@ -445,11 +479,16 @@ class EmbeddingCache:
 
     @classmethod
     def for_model(cls, folder: str | Path, model: torch.nn.Module, sample_rate: int, crops: Crops | None,
-                  max_trim: float) -> "EmbeddingCache":
+                  max_trim: float, amp: str = "none") -> "EmbeddingCache":
         settings = {"sample_rate": sample_rate, "embeddings": "raw",
                     "crops": None if crops is None else {"count": crops.count, "seconds": crops.seconds,
                                                          "seed": crops.seed},
                     "max_trim": max_trim if crops is None else None}
+        # Only non-default precision and layout enter the key, so the fp32 NCHW key (and its cache) is unchanged.
+        if amp != "none":
+            settings["amp"] = amp
+        if is_channels_last(model):
+            settings["layout"] = "channels_last"
         return cls(folder, {"weights": model_fingerprint(model), **settings})
 
     def parts(self) -> list[Path]:

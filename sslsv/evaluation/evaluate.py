@@ -12,7 +12,8 @@ sslsv.data.trials.resolve_trials for where relative utterance paths are read fro
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Union
 
@@ -24,7 +25,7 @@ from sslsv.audio.io import check_audio_files
 from sslsv.data.manifest import Manifest, read_manifest
 from sslsv.data.trials import Trials, check_trial_labels, locate_trial_audio, resolve_trials
 from sslsv.evaluation.analysis import plot_score_histograms
-from sslsv.evaluation.embeddings import Crops, embedding_cache, extract_embeddings
+from sslsv.evaluation.embeddings import Crops, check_amp, embedding_cache, extract_embeddings, is_channels_last
 from sslsv.evaluation.metrics import (VerificationMetrics, compute_act_dcf, compute_cllr, compute_metrics,
                                       compute_min_cllr)
 from sslsv.evaluation.multicrop import multicrop_scores
@@ -183,16 +184,73 @@ class Backends:
 def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, device: torch.device,
                      backends: Backends, progress: bool = True) -> torch.Tensor:
     """(U, D) full-length embeddings, or (U, N, D) multi-crop embeddings when backends.crops is set (model in eval
-    mode meanwhile, its mode restored after)."""
+    mode meanwhile, its mode restored after), with the precision (evaluation.amp) and layout
+    (evaluation.channels_last, see extraction_layout) of config.evaluation."""
+    amp = config.evaluation.amp
+    check_extraction(config, device)
     was_training = model.training
     model.eval()
     crops = None if backends.crops is None else Crops(backends.crop_seconds, backends.crops)
     try:
-        return extract_embeddings(model, paths, config.features.sample_rate, device,
-                                  batch_seconds=config.evaluation.batch_seconds, max_trim=config.evaluation.max_trim,
-                                  progress=progress, num_workers=min(config.dataset.num_workers, 4), crops=crops)
+        with extraction_layout(model, _wants_channels_last(model, config, device)):
+            return extract_embeddings(model, paths, config.features.sample_rate, device,
+                                      batch_seconds=config.evaluation.batch_seconds,
+                                      max_trim=config.evaluation.max_trim, progress=progress,
+                                      num_workers=min(config.dataset.num_workers, 4), crops=crops, amp=amp)
     finally:
         model.train(was_training)
+
+
+def check_extraction(config: Config, device: torch.device) -> None:
+    """RunError (one line naming the key) when evaluation.amp cannot run on `device` (fp16 off CUDA: a config
+    naming a CPU evaluation.device is refused at load, "auto" only once the device is known)."""
+    try:
+        check_amp(config.evaluation.amp, torch.device(device))
+    except ValueError as error:
+        raise RunError(f"evaluation.amp: {error}") from None
+
+
+def with_extraction(config: Config, amp: str | None = None, channels_last: bool | None = None,
+                    device: str | None = None) -> Config:
+    """The config with evaluation.amp / evaluation.channels_last / evaluation.device replaced by the given
+    (command-line) values; None (and device "auto") keeps the config's."""
+    device = None if device == "auto" else device
+    changes = {k: v for k, v in (("amp", amp), ("channels_last", channels_last), ("device", device)) if v is not None}
+    return replace(config, evaluation=replace(config.evaluation, **changes)) if changes else config
+
+
+def _wants_channels_last(model: torch.nn.Module, config: Config, device: torch.device) -> bool:
+    """evaluation.channels_last resolved (null: CUDA only, as trainer.channels_last), for encoders declaring it."""
+    chosen = config.evaluation.channels_last
+    chosen = torch.device(device).type == "cuda" if chosen is None else chosen
+    return chosen and bool(getattr(getattr(model, "encoder", None), "channels_last", False))
+
+
+@contextmanager
+def extraction_layout(model: torch.nn.Module, channels_last: bool):
+    """Within the block the model is channels_last (NHWC) when asked; a model converted here gets its contiguous
+    layout back after (a training run whose validation calls evaluation keeps its own layout; parameters are
+    converted in place, so optimisers still hold them). A model already NHWC, or not asked, is left as it is."""
+    if not channels_last or is_channels_last(model):
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def extraction_suffix(config: Config, device: torch.device) -> str:
+    """What output names add for a non-default extraction: "" for float32 in the device's default layout, else
+    _bf16 / _fp16 (evaluation.amp) and _nhwc (channels_last true on a CPU) or _nchw (false on CUDA). The layout
+    part names the setting asked for (it changes the computation only for encoders that declare channels_last)."""
+    amp = config.evaluation.amp
+    suffix = "" if amp == "none" else f"_{amp}"
+    chosen, cuda = config.evaluation.channels_last, torch.device(device).type == "cuda"
+    if chosen is not None and chosen != cuda:
+        suffix += "_nhwc" if chosen else "_nchw"
+    return suffix
 
 
 class TrainingEmbeddings:
@@ -377,7 +435,9 @@ class _RunEvaluation:
         self.training: dict[tuple[str, bool], TrainingEmbeddings] = {}
         self.checked: dict[tuple[str, str], CheckedTrials] = {}
         self.table: list[tuple] = []
-        self.suffix = ""  # weights_suffix of the evaluated run
+        self.suffix = ""  # weights_suffix + extraction_suffix of the evaluated run
+        self.random_suffix = "_random"  # the random-weights system's (+ extraction_suffix)
+        self.extraction: dict = {}  # amp / channels_last overriding every loaded run's config (with_extraction)
 
     def trials(self, name: str, config: Config) -> CheckedTrials:
         """The checked trial list `name` under the config's data root (checked once per data root)."""
@@ -390,7 +450,8 @@ class _RunEvaluation:
         """(trials, {backend: scores}, {backend: info}, weights source) of one run (or its random weights)."""
         key = (str(run), random_weights)
         if key not in self.models:
-            self.models[key] = load_model(run, self.average, self.device, random_weights, self.best)
+            model, config, source = load_model(run, self.average, self.device, random_weights, self.best)
+            self.models[key] = model, with_extraction(config, **self.extraction), source
         model, config, source = self.models[key]
         if key not in self.training:  # the cohort and the PLDA embed each training file once between them
             self.training[key] = TrainingEmbeddings(model, config, self.device, self.backends, self.progress)
@@ -449,12 +510,12 @@ def weights_suffix(run_dir: str | Path, average: bool, best: bool, default_avera
 
 
 def planned_outputs(run_dir: str | Path, names: list[str], backends: Backends, suffix: str, random_baseline: bool,
-                    plots: bool, compare: bool) -> tuple[list[Path], list[str]]:
+                    plots: bool, compare: bool, random_suffix: str = "_random") -> tuple[list[Path], list[str]]:
     """(files, results.json keys) that evaluate_run will write for these trial lists, back-ends and weights."""
     layout = RunLayout(run_dir)
     files, keys = [], []
     for name in names:
-        for system_suffix in [suffix] + (["_random"] if random_baseline else []):
+        for system_suffix in [suffix] + ([random_suffix] if random_baseline else []):
             for backend in backends.names():
                 files.append(layout.score_file(_system_name(name, system_suffix, backend)))
                 keys.append(_results_key(name, system_suffix, backend))
@@ -486,8 +547,8 @@ def _score_run_systems(state: _RunEvaluation, run_dir: Path, name: str, systems:
     curves, histograms, compared = {}, {}, {}
     for label, random_weights in systems.items():
         trials, scores, info, source = state.score(run_dir, name, random_weights)
-        metrics = _record(run_dir, name, "_random" if random_weights else state.suffix, trials, scores, info, source,
-                          results)
+        metrics = _record(run_dir, name, state.random_suffix if random_weights else state.suffix, trials, scores,
+                          info, source, results)
         for backend, values in scores.items():
             system = label if backend == "cosine" else f"{label}, {backend}"
             curves[f"{run_label(run_dir)} ({system})"] = (values, trials.labels)
@@ -515,11 +576,13 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
                  device: str = "auto", random_baseline: bool = False, progress: bool = True,
                  backends: Backends | None = None, compare: list[str | Path] | None = None,
                  plots: bool = True, best: bool = False, audio_root: str | Path | None = None,
-                 overwrite: bool = True, cache: bool = True) -> dict:
+                 overwrite: bool = True, cache: bool = True, amp: str | None = None,
+                 channels_last: bool | None = None) -> dict:
     """Evaluate a run on each trial list and write its outputs; returns the updated results.json content.
 
     Writes, per trial list <t> (file-name-safe, see slug), weights <w> (nothing for the run's default weights,
-    else _avg, _last or _best: weights_suffix) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
+    else _avg, _last or _best: weights_suffix; then _bf16 / _fp16 / _nhwc / _nchw for a non-default extraction:
+    extraction_suffix) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
     crops<N>x<L>s_asnorm, plda; see Backends): scores/<t>[<w>|_random][_<b>].score, results.json keys
     test/<t>[<w>|_random][/<b>] (plain full-length cosine: test/<t> and scores/<t>.score, without a back-end
     suffix), det_<t><w><B>.png (every system and back-end; <B> is Backends.tag, e.g. _asnorm), hist_<t><w><B>.png
@@ -534,23 +597,30 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
 
     Every trial list is checked (check_trials) for this run and each compared run before any model is loaded.
     `audio_root` is the folder the utterance paths of every list are relative to (default: a registered set's
-    folder, or the data root for a trial file).
+    folder, or the data root for a trial file). `amp` ("none", "bf16", "fp16") and `channels_last` override
+    evaluation.amp / evaluation.channels_last of every evaluated run's config (None: the config's).
     """
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    extraction = {"amp": amp, "channels_last": channels_last, "device": str(device)}
+    config = with_extraction(load_run_config(run_dir), **extraction)
     names = trials_names or config.evaluation.trials
     average = config.evaluation.use_average if use_average is None else use_average
     torch_device = resolve_device(device if device != "auto" else config.evaluation.device)
     systems = {"trained": False} | ({"random weights": True} if random_baseline else {})
     others = [Path(r) for r in (compare or [])]
+    check_extraction(config, torch_device)
     state = _RunEvaluation(backends or Backends(), torch_device, average, best, progress, audio_root)
-    state.suffix = weights_suffix(run_dir, average, best, config.evaluation.use_average)
+    state.extraction = extraction
+    extracted = extraction_suffix(config, torch_device)
+    state.suffix = weights_suffix(run_dir, average, best, config.evaluation.use_average) + extracted
+    state.random_suffix = "_random" + extracted
     for run_config in [config, *(load_run_config(other) for other in others)]:  # fail before any model work
         for name in names:
             state.trials(name, run_config)
         if state.backends.plda:
             plda_training_manifest(run_config, state.backends)
-    files, keys = planned_outputs(run_dir, names, state.backends, state.suffix, random_baseline, plots, bool(others))
+    files, keys = planned_outputs(run_dir, names, state.backends, state.suffix, random_baseline, plots, bool(others),
+                                  state.random_suffix)
     layout = RunLayout(run_dir)
     check_new_outputs(files, overwrite, keys, layout.results)  # after the inputs' checks, before any model work
     results_path = layout.results
