@@ -349,6 +349,22 @@ def read_audio(path: str | Path, sample_rate: int, min_seconds: float = MIN_AUDI
     return np.ascontiguousarray(resample(audio, file_rate, sample_rate), dtype=np.float32)
 
 
+def crop_waveform(audio: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of a decoded waveform, drawn as `read_crop` draws it from a file at the same rate: a uniform
+    start where the crop fits; a shorter waveform repeated (wrap-around) from a random offset. (num_samples,)
+    float32; shard streaming crops its in-memory utterances with it, so shard and file crops are equal."""
+    if len(audio) < num_samples:
+        return _repeat_from_random_offset(audio, num_samples, rng)
+    start = int(rng.integers(len(audio) - num_samples + 1))
+    return np.ascontiguousarray(audio[start : start + num_samples], dtype=np.float32)
+
+
+def _repeat_from_random_offset(audio: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """`num_samples` of `audio` repeated end to end (wrap-around) from a random offset: no silent padding."""
+    offset = int(rng.integers(len(audio)))
+    return np.ascontiguousarray(audio[(offset + np.arange(num_samples)) % len(audio)], dtype=np.float32)
+
+
 def read_crop(
     path: str | Path,
     num_samples: int,
@@ -390,9 +406,8 @@ def read_crop(
     needed = -(-num_samples * down // up)  # file frames covering the crop: ceil(num_samples * down / up)
 
     if num_frames < needed:  # short file: the whole file, repeated from a random offset
-        audio = resample(_read(path, num_frames=num_frames), file_rate, sample_rate)
-        offset = int(rng.integers(len(audio)))
-        return np.ascontiguousarray(audio[(offset + np.arange(num_samples)) % len(audio)], dtype=np.float32)
+        return _repeat_from_random_offset(resample(_read(path, num_frames=num_frames), file_rate, sample_rate),
+                                          num_samples, rng)
 
     start = int(rng.integers(num_frames - needed + 1))
     if up == down:

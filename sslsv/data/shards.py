@@ -46,7 +46,7 @@ import soundfile as sf
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sslsv.audio.augment import AugmentationSources
-from sslsv.audio.io import AudioError, read_audio, resample
+from sslsv.audio.io import AudioError, crop_waveform, read_audio, resample
 from sslsv.config import ViewGroup
 from sslsv.data.dataset import EpochBatchSampler, draw_views, view_specs
 from sslsv.data.manifest import Manifest, ManifestError
@@ -340,16 +340,6 @@ def _decode(data: bytes, sample_rate: int, where: str) -> np.ndarray:
     return resample(np.ascontiguousarray(audio, dtype=np.float32), rate, sample_rate)
 
 
-def crop_array(audio: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop of a decoded utterance, drawn as sslsv.audio.io.read_crop draws it from a file at the same
-    rate (uniform start; shorter utterances repeated from a random offset), so shard and file crops are equal."""
-    if len(audio) < num_samples:
-        offset = int(rng.integers(len(audio)))
-        return np.ascontiguousarray(audio[(offset + np.arange(num_samples)) % len(audio)], dtype=np.float32)
-    start = int(rng.integers(len(audio) - num_samples + 1))
-    return np.ascontiguousarray(audio[start : start + num_samples], dtype=np.float32)
-
-
 class ShardStream(IterableDataset):
     """Training samples streamed from shards (module docstring): also the trainer's "sampler" (set_epoch, steps)."""
 
@@ -473,7 +463,7 @@ class ShardStream(IterableDataset):
         row = int(self.shards.rows[position])
         audio = _decode(data, self.sample_rate, where)
         rng = np.random.default_rng([seed, row])
-        waves, plans = draw_views(lambda view, num_samples: crop_array(audio, num_samples, rng), self.views,
+        waves, plans = draw_views(lambda view, num_samples: crop_waveform(audio, num_samples, rng), self.views,
                                   self.augmentation, rng)
         if not all(np.isfinite(wave).all() for wave in waves):
             raise AudioError(f"{where}: NaN/Inf samples", path=where, kind="non_finite")
