@@ -97,18 +97,23 @@ def extraction_row(args, device) -> dict:
     files = list(manifest.files)[: 6 if args.quick else None]
     seconds = sum(manifest.durations[: len(files)]) if getattr(manifest, "durations", None) is not None else None
     row = {"job": "extraction", "utterances": len(files), "audio_s": seconds}
-    for label, options in (("batched", {}), ("batch_1", {"batch_size": 1})):
+    # batched fp32, one by one, and batched in bf16 autocast with the NHWC layout (evaluate --amp bf16
+    # --channels-last; the layout only for the length of the run)
+    for label, options, nhwc in (("batched", {}, False), ("batch_1", {"batch_size": 1}, False),
+                                 ("batched_bf16_nhwc", {"amp": "bf16"}, True)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         with PeakMemory() as memory:
             start = time.perf_counter()
             extract_embeddings(model, files, config.features.sample_rate, device, root=args.data_root,
                                progress=False, num_workers=args.workers, **options)
             wall = time.perf_counter() - start
+        model.to(memory_format=torch.contiguous_format)
         device_peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
         row[label] = {"wall_s": wall, "utterances_per_s": len(files) / wall, "peak_pss_gb": memory.peak / 1e9,
                       "peak_device_gb": device_peak}
-        print(f"extraction {label:8s} {len(files)} utterances: {wall:.2f} s ({len(files) / wall:.1f}/s)", flush=True)
+        print(f"extraction {label:17s} {len(files)} utterances: {wall:.2f} s ({len(files) / wall:.1f}/s)", flush=True)
     return row
 
 

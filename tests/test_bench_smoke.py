@@ -49,6 +49,7 @@ def test_bench_gpu_quick_runs_every_job_on_cpu(demo_like, tmp_path):
     dino = next(r for r in rows if r["job"] == "dino")
     assert dino["step_s"]["after_step"] > 0  # the EMA teacher update is its own phase
     assert result["extraction"]["batched"]["utterances_per_s"] > 0 and result["extraction"]["batch_1"]["wall_s"] > 0
+    assert result["extraction"]["batched_bf16_nhwc"]["wall_s"] > 0
     assert result["kmeans"].get("wall_s", 0) > 0
 
 
