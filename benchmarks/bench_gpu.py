@@ -90,6 +90,7 @@ def extraction_row(args, device) -> dict:
     from sslsv.data.manifest import read_manifest
     from sslsv.encoders.base import build_speaker_model
     from sslsv.evaluation.embeddings import extract_embeddings
+    from sslsv.evaluation.evaluate import extraction_layout
 
     config = load_config(ROOT / JOBS["simclr"], QUICK["simclr"][1:] if args.quick else [])
     model = build_speaker_model(config.encoder, config.features).to(device).eval()
@@ -103,13 +104,11 @@ def extraction_row(args, device) -> dict:
                                  ("batched_bf16_nhwc", {"amp": "bf16"}, True)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-        with PeakMemory() as memory:
+        with extraction_layout(model, nhwc), PeakMemory() as memory:
             start = time.perf_counter()
             extract_embeddings(model, files, config.features.sample_rate, device, root=args.data_root,
                                progress=False, num_workers=args.workers, **options)
             wall = time.perf_counter() - start
-        model.to(memory_format=torch.contiguous_format)
         device_peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
         row[label] = {"wall_s": wall, "utterances_per_s": len(files) / wall, "peak_pss_gb": memory.peak / 1e9,
                       "peak_device_gb": device_peak}

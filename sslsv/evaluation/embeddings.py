@@ -58,8 +58,8 @@ from sslsv.evaluation.errors import EvaluationError
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-__all__ = ["AMP_DTYPES", "Crops", "EmbeddingCache", "crop_starts", "embedding_cache", "extract_embeddings", "model_fingerprint",
-           "plan_batches", "read_crops"]
+__all__ = ["AMP_DTYPES", "Crops", "EmbeddingCache", "crop_starts", "embedding_cache", "extract_embeddings",
+           "model_fingerprint", "plan_batches", "read_crops"]
 
 Source = Union[str, Path, np.ndarray, torch.Tensor]
 
@@ -271,11 +271,8 @@ def _embed_batches(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLo
             for waves, rows in batches:
                 flat = waves.reshape(-1, waves.shape[-1])  # (B, S), or (B * N, S) for crops
                 flat = flat.to(device=device, dtype=torch.float32, non_blocking=True)
-                if dtype is None:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     out = model(flat)
-                else:
-                    with torch.autocast(device.type, dtype=dtype):
-                        out = model(flat)
                 if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != flat.shape[0]:
                     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                     raise ValueError(f"model must return (batch, dim) embeddings, got {shape} for a batch of "
