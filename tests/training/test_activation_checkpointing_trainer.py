@@ -1,6 +1,7 @@
 """`trainer.activation_checkpointing: true` (sslsv/encoders/checkpointing.py, called by the trainer once the method
 is built and on its device): a tiny DINO training with it ends bit-identical to one without it on a CPU (losses,
-weights, BN statistics of student and teacher), and a run saved with it loads into a model built without it."""
+weights, BN statistics of student and teacher), and a run saved with it loads into a model built without it. Also the other memory/layout key applied at the same
+place in the trainer, `trainer.channels_last`."""
 import json
 from pathlib import Path
 
@@ -50,3 +51,13 @@ def test_dino_run_is_bit_identical_with_checkpointing(corpus, tmp_path):
         assert torch.equal(expected[key], got[key]), key
     saved = torch.load(tmp_path / "checkpointed" / "model.pt", map_location="cpu")  # the teacher's state dict
     plain.method.embedding_model().load_state_dict(saved, strict=True)
+
+
+@pytest.mark.parametrize("setting, nhwc", [(None, False), (True, True), (False, False)])
+def test_channels_last_key_sets_the_encoder_layout_on_cpu(corpus, tmp_path, setting, nhwc):
+    """trainer.channels_last: null keeps NCHW on a CPU (CUDA only), true converts Fast ResNet-34 there too."""
+    overrides = {**DINO} if setting is None else {**DINO, "trainer.channels_last": str(setting).lower()}
+    trainer = Trainer(load_config(CONFIG, tiny_overrides(corpus, tmp_path / "run", **overrides)))
+    weight = next(p for p in trainer.method.encoder.encoder.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last) == nhwc
+    assert weight.is_contiguous() == (not nhwc)
