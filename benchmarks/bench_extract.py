@@ -6,6 +6,7 @@ and how its time grows with the number and the length of the utterances.
         --reference /path/to/theolepage-sslsv --reference-python /path/to/its/python
     python benchmarks/bench_extract.py --scaling --counts 50 100 200 --lengths 2 4 8 16
     python benchmarks/bench_extract.py --count 300 --amp bf16 --channels-last          # ours, bf16 + NHWC
+    python benchmarks/bench_extract.py --count 300 --compile                           # ours, torch.compile
 
 The utterances are made once under DATA_ROOT/bench_extract/ by joining demo test utterances end to end (speech,
 not noise) up to lengths drawn like VoxCeleb1's test set (log-normal, median 6.3 s, mean about 8 s, clipped to
@@ -18,7 +19,9 @@ and also at batch 1 (`--batch-1`); the reference runs its own `BaseEvaluation._e
 process; runs alternate; medians and ratios are printed. CPU seconds count the whole process tree (loader workers
 included); the model build and imports are outside the timed part in both. `--amp bf16|fp16` and
 `--channels-last` run ours with that precision (extract_embeddings(amp=...)) and an NHWC model (evaluation.amp and
-evaluation.channels_last of `sslsv evaluate`); the reference always runs float32.
+evaluation.channels_last of `sslsv evaluate`); `--compile` compiles our encoder (evaluation.compile): the timed run
+includes the compilation, and a second pass in the same process gives the warm figure a large test set approaches.
+The reference always runs float32 eager.
 """
 from __future__ import annotations
 
@@ -102,12 +105,19 @@ def child(args) -> int:
         (u0, s0), start = tree_cpu(os.getpid()), time.perf_counter()
         embeddings = extract_embeddings(model, files, config.features.sample_rate, device, root=args.data_root,
                                         progress=False, num_workers=args.workers,
-                                        batch_size=1 if args.batch_1 else None, amp=args.amp)
+                                        batch_size=1 if args.batch_1 else None, amp=args.amp, compile=args.compile)
         wall, (u1, s1) = time.perf_counter() - start, tree_cpu(os.getpid())
+    warm = None
+    if args.compile:  # the same extraction again in this process: the steady state a large test set sees
+        start = time.perf_counter()
+        extract_embeddings(model, files, config.features.sample_rate, device, root=args.data_root, progress=False,
+                           num_workers=args.workers, batch_size=1 if args.batch_1 else None, amp=args.amp,
+                           compile=True)
+        warm = time.perf_counter() - start
     variant = "".join([f" {args.amp}" if args.amp != "none" else "", " NHWC" if args.channels_last else "",
-                       " batch 1" if args.batch_1 else ""])
+                       " compiled" if args.compile else "", " batch 1" if args.batch_1 else ""])
     print(json.dumps({"toolkit": "sslsv (this)" + variant, "utterances": len(files),
-                      "dim": embeddings.shape[1], "wall_s": wall, "cpu_user_s": u1 - u0, "cpu_sys_s": s1 - s0,
+                      "dim": embeddings.shape[1], "wall_s": wall, "warm_wall_s": warm, "cpu_user_s": u1 - u0, "cpu_sys_s": s1 - s0,
                       "peak_pss_gb": memory.peak / 1e9, "torch_threads": torch.get_num_threads()}))
     return 0
 
@@ -126,6 +136,7 @@ def ours(args, files_list: Path, batch_1: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", "--files", str(files_list), "--data-root", args.data_root,
                "--workers", str(args.workers), "--device", args.device, "--amp", args.amp]
     command += (["--batch-1"] if batch_1 else []) + (["--channels-last"] if args.channels_last else [])
+    command += ["--compile"] if args.compile else []
     return run(command, dict(os.environ, **dict(item.split("=", 1) for item in args.env or [])))
 
 
@@ -150,7 +161,9 @@ def summary(rows: list[dict], audio_s: float) -> dict:
     cpu = statistics.median(r["cpu_user_s"] + r["cpu_sys_s"] for r in rows)
     return {"toolkit": rows[0]["toolkit"], "runs": len(rows), "wall_s": wall, "walls": [r["wall_s"] for r in rows],
             "cpu_s": cpu, "peak_pss_gb": statistics.median(r["peak_pss_gb"] for r in rows),
-            "utterances_per_s": rows[0]["utterances"] / wall, "realtime_factor": audio_s / wall}
+            "utterances_per_s": rows[0]["utterances"] / wall, "realtime_factor": audio_s / wall,
+            "warm_wall_s": (statistics.median(r["warm_wall_s"] for r in rows)
+                            if rows[0].get("warm_wall_s") is not None else None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="precision of our extraction: float32 (none, default), bf16 or fp16 (CUDA only) autocast")
     parser.add_argument("--channels-last", action="store_true",
                         help="run our model channels_last (NHWC), as evaluation.channels_last / --channels-last do")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile our encoder, as evaluation.compile / --compile do: the timed run includes "
+                             "the compilation; a second pass in the same process is reported as the warm wall time")
     parser.add_argument("--data-root", default="data", help="folder holding demo/ (default data)")
     parser.add_argument("--reference", metavar="PATH", help="the reference toolkit's checkout (theolepage/sslsv)")
     parser.add_argument("--reference-python", default=sys.executable, help="python of the reference's environment")
@@ -225,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             ref = medians["reference"]
             print(f"ours / reference: {ref['wall_s'] / medians['ours']['wall_s']:.2f}x faster (wall), "
                   f"{medians['ours']['cpu_s'] / ref['cpu_s']:.2f}x the CPU seconds")
+        warm = medians["ours"]["warm_wall_s"]
+        if warm is not None:
+            print(f"ours, compiled code warm (second pass in the process): {warm:.1f} s, {audio / warm:.0f}x real time"
+                  + (f", {medians['reference']['wall_s'] / warm:.2f}x the reference" if "reference" in medians else ""))
         out.update({"runs": runs, "medians": medians, "audio_s": audio})
     if args.output:
         Path(args.output).write_text(json.dumps(out, indent=1))

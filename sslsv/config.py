@@ -288,6 +288,9 @@ class EvaluationConfig:
     # channels_last (NHWC) extraction for encoders that declare it (Fast ResNet-34): null = on CUDA only, true = on
     # CPU too (outputs then named _nhwc), false = never (on CUDA named _nchw).
     channels_last: bool | None = None
+    # torch.compile the encoder for extraction (dynamic lengths): faster batches after a one-off compilation of
+    # tens of seconds; outputs named _compiled.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         require(self.batch_seconds > 0, "evaluation.batch_seconds", "positive", self.batch_seconds)

@@ -27,8 +27,8 @@ among themselves: their embeddings can differ from those of a complete re-extrac
 Entries are stored in parts (`<folder>/<key>/part_*.pt`, each written atomically by sslsv.runs.atomic_save and
 read memory-mapped); a 9th part merges them all into one. The device is not part of the key (CPU and GPU
 embeddings agree to float tolerance). A non-default precision (`amp`: bf16 / fp16 autocast) and a channels_last
-(NHWC) model are (key entries "amp" and "layout"), so their embeddings never mix with fp32 NCHW ones; the default
-key is unchanged by them.
+(NHWC) model and a compiled one are (key entries "amp", "layout" and "compiled"), so their embeddings never mix with
+fp32 eager NCHW ones; the default key is unchanged by them.
 
 Precision (`amp`): "none" (default) runs the model in float32 as it is; "bf16" / "fp16" run the model call under
 torch.autocast(device type, dtype) inside the same inference_mode loop (fp16 only on CUDA). Embeddings are always
@@ -299,7 +299,8 @@ def _embed_batches(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLo
 def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[Source], sample_rate: int,
                        device: str | torch.device, batch_seconds: float = 300.0, max_trim: float = 0.01,
                        root: str | Path | None = None, progress: bool = True, num_workers: int = 2,
-                       crops: Crops | None = None, batch_size: int | None = None, amp: str = "none") -> torch.Tensor:
+                       crops: Crops | None = None, batch_size: int | None = None, amp: str = "none",
+                       compile: bool = False) -> torch.Tensor:
     """Embed whole audio files (or waveforms), or N crops of each file, in padding-free batches.
 
     Whole sources are sorted by length and grouped by plan_batches: each batch is cut to its shortest source
@@ -325,6 +326,8 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
         batch_size: at most this many sources per batch (default: only the audio budget limits a batch).
         amp: "none" (float32, the default), "bf16" or "fp16" (CUDA only): the model call runs under
             torch.autocast(device type, that dtype); the embeddings are float32 either way.
+        compile: run the model through torch.compile with dynamic shapes (compiled_for_extraction): faster batches
+            after a one-off compilation (tens of seconds on a CPU, less once inductor's on-disk cache holds it).
 
     Returns:
         (U, D) float32 CPU tensor, row i the embedding of paths[i]; with crops (U, N, D), raw (not normalised).
@@ -350,18 +353,18 @@ def extract_embeddings(model: Callable[[torch.Tensor], torch.Tensor], paths: Seq
 
     def extract(chosen: list, seed_rows: list[int] | None) -> torch.Tensor:
         return _extract(model, chosen, seed_rows, sample_rate, device, batch_seconds, max_trim, progress,
-                        num_workers, crops, batch_size, amp)
+                        num_workers, crops, batch_size, amp, compile)
 
     folder = _CACHE_FOLDER.get()
     if folder is None or not isinstance(model, torch.nn.Module) or not all(isinstance(s, str) for s in sources):
         return extract(sources, None)
-    cache = EmbeddingCache.for_model(folder, model, sample_rate, crops, max_trim, amp)
+    cache = EmbeddingCache.for_model(folder, model, sample_rate, crops, max_trim, amp, compile)
     return cache.extract(sources, crops, extract)
 
 
 def _extract(model, sources: list, seed_rows: list[int] | None, sample_rate: int, device: torch.device,
              batch_seconds: float, max_trim: float, progress: bool, num_workers: int, crops: Crops | None,
-             batch_size: int | None, amp: str = "none") -> torch.Tensor:
+             batch_size: int | None, amp: str = "none", compile: bool = False) -> torch.Tensor:
     """extract_embeddings of resolved sources, without the cache."""
     lengths = _lengths(sources, sample_rate, crops, num_workers)
     batches = plan_batches(lengths, batch_seconds * sample_rate, max_trim if crops is None else 0.0, batch_size)
@@ -374,13 +377,28 @@ def _extract(model, sources: list, seed_rows: list[int] | None, sample_rate: int
         bar = tqdm(total=len(sources), desc="embeddings" if crops is None else f"embeddings ({crops.count} crops)",
                    unit="file", file=sys.stderr, dynamic_ncols=True)
     try:
-        embeddings = _embed_batches(model, loader, len(sources), None if crops is None else crops.count, device, bar,
+        runner = compiled_for_extraction(model) if compile else model
+        embeddings = _embed_batches(runner, loader, len(sources), None if crops is None else crops.count, device, bar,
                                     amp)
     finally:
         if bar is not None:
             bar.close()
     _check_finite(embeddings, sources, model)
     return embeddings
+
+
+def compiled_for_extraction(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model under torch.compile with dynamic shapes, so batches of every length share one graph instead of
+    compiling one per length (a size threshold of inductor's CPU code may add a second). A model made of a
+    `frontend` and an `encoder` (SpeakerModel) compiles its encoder only: the log-mel front-end is faster eager
+    (Fast ResNet-34, 24 x 8 s on 2 CPU cores: 0.51 s with the encoder compiled, 0.63 s with both) and torchaudio's
+    spectrogram breaks the graph anyway. The weights are the model's own (nothing is copied); compiled code is
+    cached by torch per module, so later calls with the same model do not compile again."""
+    frontend, encoder = getattr(model, "frontend", None), getattr(model, "encoder", None)
+    if isinstance(frontend, torch.nn.Module) and isinstance(encoder, torch.nn.Module):
+        compiled = torch.compile(encoder, dynamic=True)
+        return lambda waveform: compiled(frontend(waveform))
+    return torch.compile(model, dynamic=True)
 
 
 def check_amp(amp: str, device: torch.device) -> None:
@@ -476,16 +494,18 @@ class EmbeddingCache:
 
     @classmethod
     def for_model(cls, folder: str | Path, model: torch.nn.Module, sample_rate: int, crops: Crops | None,
-                  max_trim: float, amp: str = "none") -> "EmbeddingCache":
+                  max_trim: float, amp: str = "none", compile: bool = False) -> "EmbeddingCache":
         settings = {"sample_rate": sample_rate, "embeddings": "raw",
                     "crops": None if crops is None else {"count": crops.count, "seconds": crops.seconds,
                                                          "seed": crops.seed},
                     "max_trim": max_trim if crops is None else None}
-        # Only non-default precision and layout enter the key, so the fp32 NCHW key (and its cache) is unchanged.
+        # Only non-default precision, layout and compilation enter the key: the default key (and cache) is unchanged.
         if amp != "none":
             settings["amp"] = amp
         if is_channels_last(model):
             settings["layout"] = "channels_last"
+        if compile:
+            settings["compiled"] = True
         return cls(folder, {"weights": model_fingerprint(model), **settings})
 
     def parts(self) -> list[Path]:

@@ -184,8 +184,8 @@ class Backends:
 def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, device: torch.device,
                      backends: Backends, progress: bool = True) -> torch.Tensor:
     """(U, D) full-length embeddings, or (U, N, D) multi-crop embeddings when backends.crops is set (model in eval
-    mode meanwhile, its mode restored after), with the precision (evaluation.amp) and layout
-    (evaluation.channels_last, see extraction_layout) of config.evaluation."""
+    mode meanwhile, its mode restored after), with the precision (evaluation.amp), layout
+    (evaluation.channels_last, see extraction_layout) and compilation (evaluation.compile) of config.evaluation."""
     amp = config.evaluation.amp
     check_extraction(config, device)
     was_training = model.training
@@ -196,7 +196,8 @@ def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, d
             return extract_embeddings(model, paths, config.features.sample_rate, device,
                                       batch_seconds=config.evaluation.batch_seconds,
                                       max_trim=config.evaluation.max_trim, progress=progress,
-                                      num_workers=min(config.dataset.num_workers, 4), crops=crops, amp=amp)
+                                      num_workers=min(config.dataset.num_workers, 4), crops=crops, amp=amp,
+                                      compile=config.evaluation.compile)
     finally:
         model.train(was_training)
 
@@ -211,11 +212,12 @@ def check_extraction(config: Config, device: torch.device) -> None:
 
 
 def with_extraction(config: Config, amp: str | None = None, channels_last: bool | None = None,
-                    device: str | None = None) -> Config:
-    """The config with evaluation.amp / evaluation.channels_last / evaluation.device replaced by the given
-    (command-line) values; None (and device "auto") keeps the config's."""
+                    device: str | None = None, compile: bool | None = None) -> Config:
+    """The config with evaluation.amp / evaluation.channels_last / evaluation.device / evaluation.compile replaced
+    by the given (command-line) values; None (and device "auto") keeps the config's."""
     device = None if device == "auto" else device
-    changes = {k: v for k, v in (("amp", amp), ("channels_last", channels_last), ("device", device)) if v is not None}
+    changes = {k: v for k, v in (("amp", amp), ("channels_last", channels_last), ("device", device),
+                                 ("compile", compile)) if v is not None}
     return replace(config, evaluation=replace(config.evaluation, **changes)) if changes else config
 
 
@@ -242,15 +244,16 @@ def extraction_layout(model: torch.nn.Module, channels_last: bool):
 
 
 def extraction_suffix(config: Config, device: torch.device) -> str:
-    """What output names add for a non-default extraction: "" for float32 in the device's default layout, else
-    _bf16 / _fp16 (evaluation.amp) and _nhwc (channels_last true on a CPU) or _nchw (false on CUDA). The layout
-    part names the setting asked for (it changes the computation only for encoders that declare channels_last)."""
+    """What output names add for a non-default extraction: "" for float32 eager in the device's default layout,
+    else _bf16 / _fp16 (evaluation.amp), _nhwc (channels_last true on a CPU) or _nchw (false on CUDA), and
+    _compiled (evaluation.compile). The layout part names the setting asked for (it changes the computation only
+    for encoders that declare channels_last)."""
     amp = config.evaluation.amp
     suffix = "" if amp == "none" else f"_{amp}"
     chosen, cuda = config.evaluation.channels_last, torch.device(device).type == "cuda"
     if chosen is not None and chosen != cuda:
         suffix += "_nhwc" if chosen else "_nchw"
-    return suffix
+    return suffix + ("_compiled" if config.evaluation.compile else "")
 
 
 class TrainingEmbeddings:
@@ -437,7 +440,7 @@ class _RunEvaluation:
         self.table: list[tuple] = []
         self.suffix = ""  # weights_suffix + extraction_suffix of the evaluated run
         self.random_suffix = "_random"  # the random-weights system's (+ extraction_suffix)
-        self.extraction: dict = {}  # amp / channels_last overriding every loaded run's config (with_extraction)
+        self.extraction: dict = {}  # amp / channels_last / compile overriding every loaded run's config
 
     def trials(self, name: str, config: Config) -> CheckedTrials:
         """The checked trial list `name` under the config's data root (checked once per data root)."""
@@ -577,11 +580,12 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
                  backends: Backends | None = None, compare: list[str | Path] | None = None,
                  plots: bool = True, best: bool = False, audio_root: str | Path | None = None,
                  overwrite: bool = True, cache: bool = True, amp: str | None = None,
-                 channels_last: bool | None = None) -> dict:
+                 channels_last: bool | None = None, compile: bool | None = None) -> dict:
     """Evaluate a run on each trial list and write its outputs; returns the updated results.json content.
 
     Writes, per trial list <t> (file-name-safe, see slug), weights <w> (nothing for the run's default weights,
-    else _avg, _last or _best: weights_suffix; then _bf16 / _fp16 / _nhwc / _nchw for a non-default extraction:
+    else _avg, _last or _best: weights_suffix; then _bf16 / _fp16 / _nhwc / _nchw / _compiled for a non-default
+    extraction:
     extraction_suffix) and back-end <b> (cosine, znorm, ..., crops<N>x<L>s,
     crops<N>x<L>s_asnorm, plda; see Backends): scores/<t>[<w>|_random][_<b>].score, results.json keys
     test/<t>[<w>|_random][/<b>] (plain full-length cosine: test/<t> and scores/<t>.score, without a back-end
@@ -597,11 +601,12 @@ def evaluate_run(run_dir: str | Path, trials_names: list[str] | None = None, use
 
     Every trial list is checked (check_trials) for this run and each compared run before any model is loaded.
     `audio_root` is the folder the utterance paths of every list are relative to (default: a registered set's
-    folder, or the data root for a trial file). `amp` ("none", "bf16", "fp16") and `channels_last` override
-    evaluation.amp / evaluation.channels_last of every evaluated run's config (None: the config's).
+    folder, or the data root for a trial file). `amp` ("none", "bf16", "fp16"), `channels_last` and `compile`
+    override evaluation.amp / evaluation.channels_last / evaluation.compile of every evaluated run's config (None:
+    the config's).
     """
     run_dir = Path(run_dir)
-    extraction = {"amp": amp, "channels_last": channels_last, "device": str(device)}
+    extraction = {"amp": amp, "channels_last": channels_last, "device": str(device), "compile": compile}
     config = with_extraction(load_run_config(run_dir), **extraction)
     names = trials_names or config.evaluation.trials
     average = config.evaluation.use_average if use_average is None else use_average

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from sslsv.config import ConfigError, EvaluationConfig
-from sslsv.evaluation.embeddings import embedding_cache, extract_embeddings, is_channels_last
-from sslsv.evaluation.evaluate import Backends, embed_utterances, evaluate_run, with_extraction
+from sslsv.evaluation.embeddings import (compiled_for_extraction, embedding_cache, extract_embeddings,
+                                         is_channels_last)
+from sslsv.evaluation.evaluate import Backends, embed_utterances, evaluate_run, extraction_suffix, with_extraction
 from sslsv.runs import RunError, load_model
 from tests.evaluation.test_evaluate_backends import write_small_trials
 
@@ -117,7 +118,38 @@ def test_outputs_named_apart(tiny_run, tiny_data, tmp_path):
 def test_command_line_flags():
     from sslsv.cli.evaluate import build_parser
 
-    args = build_parser().parse_args(["run", "--amp", "bf16", "--channels-last"])
-    assert args.amp == "bf16" and args.channels_last is True
+    args = build_parser().parse_args(["run", "--amp", "bf16", "--channels-last", "--compile"])
+    assert args.amp == "bf16" and args.channels_last is True and args.compile is True
     args = build_parser().parse_args(["run"])
-    assert args.amp is None and args.channels_last is None  # the run's config decides
+    assert args.amp is None and args.channels_last is None and args.compile is None  # the run's config decides
+
+
+
+def test_compiled_extraction_agrees_and_is_keyed_apart(loaded, tmp_path, capsys):
+    # evaluation.compile: the encoder under torch.compile with dynamic lengths, the front-end eager
+    model, config, files = loaded
+    cpu = torch.device("cpu")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with embedding_cache(tmp_path):
+        eager = embed_utterances(model, files, config, cpu, Backends(), progress=False)
+        compiled = embed_utterances(model, files, with_extraction(config, compile=True), cpu, Backends(),
+                                    progress=False)
+        again = _extract(model, files, compile=True, batch_seconds=config.evaluation.batch_seconds,
+                         max_trim=config.evaluation.max_trim)
+    assert _min_cosine(compiled, eager) > 0.99999
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("embedding cache")]
+    assert [line.split(": ")[1].split(" files")[0] for line in lines] == ["0 of 6", "0 of 6", "6 of 6"]
+    assert torch.equal(again, compiled)  # from the "compiled" entry, not the eager one
+    keys = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/key.json"))]
+    assert sorted(k.get("compiled", False) for k in keys) == [False, True]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    run = compiled_for_extraction(model)  # a new wrapper, other lengths: torch's compiled code is reused
+    with torch.inference_mode():
+        for seconds in (1.3, 2.7):
+            waves = torch.randn(3, int(seconds * 16000))
+            torch.testing.assert_close(run(waves), model(waves), rtol=1e-4, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert extraction_suffix(with_extraction(config, compile=True), cpu) == "_compiled"
+    assert extraction_suffix(with_extraction(config, amp="bf16", compile=True), cpu) == "_bf16_compiled"
