@@ -22,11 +22,21 @@ the block when the recomputation starts and copies it back when it ends, so the 
 without checkpointing (the recomputed outputs use the batch statistics, not the running ones, so they do not depend
 on the buffers). Under `torch.compile`, the checkpointed region is traced as a whole and its buffer updates happen
 once in the compiled forward; the context is not passed there (compile accepts only dispatch modes as contexts).
+
+Host memory: with checkpointing, a CPU step's peak is the backward's recomputation on top of the kept inputs, and
+glibc keeps the blocks the forward freed in its arenas rather than handing them back (DINO Fast ResNet-34, batch 16:
+1.48 GB free inside the arenas at the 3.5 GB RSS peak, 1.4 GB actually in use). `release_freed_host_memory()`
+(malloc_trim) returns them; the trainer calls it between the forward and the backward of a CPU step with
+checkpointing (peak PSS 3.73 -> 3.13-3.24 GB, same samples/s; without checkpointing the peak is the live
+activations and trimming changes nothing).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
+import sys
 import types
 from typing import Iterator
 
@@ -115,3 +125,26 @@ def _buffers_kept(block: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
+
+
+def release_freed_host_memory() -> bool:
+    """Hand the free pages of the C heap back to the operating system (glibc's malloc_trim(0)); returns whether
+    that could be done (False off Linux or with a C library without malloc_trim, e.g. musl: nothing happens)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+

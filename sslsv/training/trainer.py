@@ -36,7 +36,7 @@ from sslsv.data.dataset import EpochBatchSampler, TrainDataset, collate
 from sslsv.data.manifest import Manifest, ManifestError, check_manifest, deep_check_manifest, read_manifest
 from sslsv.data.shards import ShardSet, ShardStream, open_shards
 from sslsv.encoders.base import SpeakerModel, build_speaker_model
-from sslsv.encoders.checkpointing import enable_activation_checkpointing
+from sslsv.encoders.checkpointing import enable_activation_checkpointing, release_freed_host_memory
 from sslsv.methods.base import Batch, Method, TrainingInfo
 from sslsv.registry import METHODS
 from sslsv import distributed
@@ -461,6 +461,7 @@ class Trainer:
             self.method.to(memory_format=torch.channels_last)
         if cfg.activation_checkpointing:  # after the BN conversion and the move to the device; before DDP and compile
             enable_activation_checkpointing(self.method)
+        self.release_host_memory = cfg.activation_checkpointing and self.device.type == "cpu"
         self.model: torch.nn.Module = self.method
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -917,6 +918,8 @@ class Trainer:
                 output = self.model(inputs)
         finally:
             self.method.diagnostics_due = True  # any other caller of forward gets every metric
+        if self.release_host_memory:  # checkpointing on a CPU: the backward's peak without the forward's freed heap
+            release_freed_host_memory()
         with self._phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(output.loss).backward()

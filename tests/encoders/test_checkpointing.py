@@ -263,3 +263,33 @@ def test_two_ranks_with_checkpointing_equal_one_process(tmp_path):
         got = result["grads" if name in result["grads"] else "buffers"][name].to(expected.dtype)
         # float64 sums in another order: within 1e-9 of the tensor's largest value (measured: 3e-12 at most)
         assert (got - expected).abs().max() <= 1e-9 * expected.abs().max(), name
+
+
+@pytest.mark.skipif(not checkpointing._malloc_trim(), reason="needs glibc's malloc_trim (Linux)")
+def test_release_freed_host_memory_hands_free_heap_pages_back():
+    # blocks freed inside the heap (a live block after each run of freed ones, so the heap's top cannot shrink)
+    # stay resident until trimmed
+    import ctypes
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def resident() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * page
+
+    size, count = 64 * 1024, 3072  # 192 MB in blocks below any mmap threshold: from the heap
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for i, block in enumerate(blocks):
+        if i % 16:
+            libc.free(block)
+    before = resident()
+    assert checkpointing.release_freed_host_memory()
+    after = resident()
+    for block in blocks[::16]:
+        libc.free(block)
+    assert before - after > 0.5 * size * count * 15 / 16, (before, after)

@@ -61,3 +61,20 @@ def test_channels_last_key_sets_the_encoder_layout_on_cpu(corpus, tmp_path, sett
     weight = next(p for p in trainer.method.encoder.encoder.parameters() if p.dim() == 4 and p.shape[1] > 1)
     assert weight.is_contiguous(memory_format=torch.channels_last) == nhwc
     assert weight.is_contiguous() == (not nhwc)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_cpu_step_releases_freed_heap_before_backward_with_checkpointing(corpus, tmp_path, monkeypatch,
+                                                                        checkpointing):
+    import sslsv.training.trainer as trainer_module
+
+    calls = []
+
+    def counted() -> bool:
+        calls.append(torch.is_grad_enabled())
+        return True
+
+    monkeypatch.setattr(trainer_module, "release_freed_host_memory", counted)
+    trainer = _trained(corpus, tmp_path / "run", checkpointing=checkpointing)
+    assert trainer.position.global_step > 0
+    assert len(calls) == (trainer.position.global_step if checkpointing else 0)
