@@ -1,6 +1,7 @@
 """Is the accelerator busy? For the three training jobs of benchmarks/bench_train.py (SimCLR Fast ResNet-34, DINO
 Fast ResNet-34 2 x 4 s + 4 x 2 s, DINO ECAPA-TDNN 1024) in fp32 and bf16, torch.compile off and on, plus full-length
-embedding extraction and faiss k-means at 1 M x 512: samples/s, the busy fraction (1 - the share of the step spent
+embedding extraction (batched, batch 1, bf16 + NHWC, bf16 compiled: first and warm pass) and faiss k-means at
+1 M x 512: samples/s, the busy fraction (1 - the share of the step spent
 waiting for the loader), peak device memory (peak PSS of the process tree on the CPU).
 
     sslsv demo-corpus --output data/demo                  # once
@@ -100,8 +101,12 @@ def extraction_row(args, device) -> dict:
     row = {"job": "extraction", "utterances": len(files), "audio_s": seconds}
     # batched fp32, one by one, and batched in bf16 autocast with the NHWC layout (evaluate --amp bf16
     # --channels-last; the layout only for the length of the run)
-    for label, options, nhwc in (("batched", {}, False), ("batch_1", {"batch_size": 1}, False),
-                                 ("batched_bf16_nhwc", {"amp": "bf16"}, True)):
+    variants = [("batched", {}, False), ("batch_1", {"batch_size": 1}, False),
+                ("batched_bf16_nhwc", {"amp": "bf16"}, True)]
+    if not args.quick and not args.no_compile:  # evaluate --amp bf16 --compile: with its compilation, then warm
+        variants += [("batched_bf16_compiled", {"amp": "bf16", "compile": True}, False),
+                     ("batched_bf16_compiled_warm", {"amp": "bf16", "compile": True}, False)]
+    for label, options, nhwc in variants:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with extraction_layout(model, nhwc), PeakMemory() as memory:
@@ -112,7 +117,7 @@ def extraction_row(args, device) -> dict:
         device_peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
         row[label] = {"wall_s": wall, "utterances_per_s": len(files) / wall, "peak_pss_gb": memory.peak / 1e9,
                       "peak_device_gb": device_peak}
-        print(f"extraction {label:17s} {len(files)} utterances: {wall:.2f} s ({len(files) / wall:.1f}/s)", flush=True)
+        print(f"extraction {label:26s} {len(files)} utterances: {wall:.2f} s ({len(files) / wall:.1f}/s)", flush=True)
     return row
 
 
