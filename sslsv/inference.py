@@ -17,6 +17,10 @@ trial scores 0.979505 alone and 0.979324 in evaluate.py, whose batch cut one fil
 `sslsv.load(run, max_trim=0)` makes every embedding independent of the others (only equal lengths share a
 batch: the full-length, one-by-one result) at the cost of more, smaller batches.
 
+Precision, layout and compilation are evaluate.py's too: the run's evaluation.amp, evaluation.channels_last and
+evaluation.compile unless `sslsv.load(run, amp="bf16", channels_last=True, compile=True)` says otherwise (bf16
+autocast, NHWC for encoders that declare it, torch.compile of the encoder: see docs/evaluation.md).
+
 Inputs are checked before anything is embedded, and a bad one raises AudioError naming it: files go through the
 one reader (sslsv.audio.io: missing, directory, unreadable, empty, shorter than MIN_AUDIO_SECONDS, truncated,
 NaN/Inf samples; stereo files are averaged to mono; files at another rate are resampled). Waveforms must be mono:
@@ -35,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from sslsv.audio.io import MIN_AUDIO_SECONDS, AudioError, check_audio_files, resample
-from sslsv.evaluation.embeddings import extract_embeddings
+from sslsv.evaluation.embeddings import check_amp, extract_embeddings
+from sslsv.evaluation.evaluate import extraction_layout, wants_channels_last, with_extraction
 from sslsv.distributed import resolve_device
 from sslsv.runs import load_model
 
@@ -55,12 +60,19 @@ class SpeakerEmbedder:
         source: which weights were loaded (for messages).
         max_trim: largest fraction of its length an item may lose to batching, as `evaluation.max_trim`
             (0: only equal lengths share a batch).
+        amp: "none" (float32), "bf16" or "fp16" (CUDA only) autocast of the model calls, as `evaluation.amp`.
+        channels_last: run the model NHWC during extraction (encoders that declare it), as
+            `evaluation.channels_last` resolved for the device.
+        compile: torch.compile the encoder (dynamic lengths), as `evaluation.compile`.
     """
 
     def __init__(self, model: torch.nn.Module, sample_rate: int, device: torch.device,
-                 batch_seconds: float = 300.0, source: str = "", max_trim: float = 0.01):
+                 batch_seconds: float = 300.0, source: str = "", max_trim: float = 0.01, amp: str = "none",
+                 channels_last: bool = False, compile: bool = False):
         if not 0.0 <= max_trim < 1.0:
             raise ValueError(f"max_trim must be in [0, 1), got {max_trim}")
+        check_amp(amp, torch.device(device))
+        self.amp, self.channels_last, self.compile = amp, bool(channels_last), bool(compile)
         self.model = model.eval()
         self.sample_rate = int(sample_rate)
         self.device = torch.device(device)
@@ -101,8 +113,10 @@ class SpeakerEmbedder:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         check_audio_files([item for item in items if isinstance(item, (str, Path))])
         # One extraction for every item, planned as evaluate.py plans it (batch_seconds, max_trim).
-        out = extract_embeddings(self.model, items, self.sample_rate, self.device, batch_seconds=self.batch_seconds,
-                                 max_trim=self.max_trim, progress=progress, num_workers=0)
+        with extraction_layout(self.model, self.channels_last):
+            out = extract_embeddings(self.model, items, self.sample_rate, self.device,
+                                     batch_seconds=self.batch_seconds, max_trim=self.max_trim, progress=progress,
+                                     num_workers=0, amp=self.amp, compile=self.compile)
         if normalize:
             out = F.normalize(out, dim=1)
         return out.numpy().astype(np.float32, copy=False)
@@ -159,18 +173,24 @@ class SpeakerEmbedder:
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", use_average: bool = True,
-         batch_seconds: float | None = None, max_trim: float | None = None, best: bool = False) -> SpeakerEmbedder:
+         batch_seconds: float | None = None, max_trim: float | None = None, best: bool = False,
+         amp: str | None = None, channels_last: bool | None = None, compile: bool | None = None) -> SpeakerEmbedder:
     """Load a run directory's model (averaged weights when present and `use_average`; model_best.pt with `best`).
 
     Args:
         batch_seconds, max_trim: batching (SpeakerEmbedder); None: the run's `evaluation.batch_seconds` and
             `evaluation.max_trim`, what evaluate.py uses.
+        amp, channels_last, compile: how the model runs (SpeakerEmbedder); None: the run's `evaluation.amp`,
+            `evaluation.channels_last` (null there: NHWC on CUDA only) and `evaluation.compile`.
 
     Raises:
         RunError: not a run directory, or no weights.
+        ValueError: an unknown amp, or fp16 off CUDA.
     """
     torch_device = resolve_device(str(device)) if isinstance(device, str) else torch.device(device)
     model, config, source = load_model(run_dir, use_average, torch_device, best=best)
+    config = with_extraction(config, amp, channels_last, None, compile)
     return SpeakerEmbedder(model, config.features.sample_rate, torch_device,
                            batch_seconds or config.evaluation.batch_seconds, source,
-                           config.evaluation.max_trim if max_trim is None else max_trim)
+                           config.evaluation.max_trim if max_trim is None else max_trim, config.evaluation.amp,
+                           wants_channels_last(model, config, torch_device), config.evaluation.compile)

@@ -219,3 +219,43 @@ def test_normalize_default_and_raw(run):
     unit, raw = embedder.embed(files), embedder.embed(files, normalize=False)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, rtol=1e-5)
     np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_precision_and_layout_follow_the_run_or_the_arguments(run, monkeypatch):
+    """load() takes amp / channels_last / compile from the run's evaluation section unless given, and embed() runs
+    the model that way: bf16 NHWC embeddings are evaluate.py's bf16 NHWC ones, and the model is NCHW again after."""
+    import dataclasses
+
+    import sslsv.inference as inference
+    from sslsv.config import load_config
+    from sslsv.evaluation.evaluate import Backends, embed_utterances, with_extraction
+
+    run_dir, data = run
+    default = sslsv.load(run_dir)
+    assert (default.amp, default.channels_last, default.compile) == ("none", False, False)
+    fast = sslsv.load(run_dir, amp="bf16", channels_last=True)
+    assert (fast.amp, fast.channels_last, fast.compile) == ("bf16", True, False)
+    files = sorted((data / "tiny/wav").rglob("*.wav"))[:4]
+    config = with_extraction(load_config(run_dir / "config.yml"), amp="bf16", channels_last=True)
+    model, _, _ = load_model(run_dir)
+    reference = embed_utterances(model, [str(f) for f in files], config, torch.device("cpu"), Backends(), False)
+    np.testing.assert_allclose(fast.embed(files, normalize=False), reference.numpy(), atol=1e-6)
+    assert not np.allclose(fast.embed(files), default.embed(files), atol=1e-6)  # bf16 is not float32
+    assert all(p.dim() != 4 or p.is_contiguous() for p in fast.model.parameters())
+
+    # the run's own evaluation settings are the defaults
+    seen = {}
+    real = inference.load_model
+
+    def with_bf16_config(*args, **kwargs):
+        model, config, source = real(*args, **kwargs)
+        seen["done"] = True
+        return model, dataclasses.replace(config, evaluation=dataclasses.replace(
+            config.evaluation, amp="bf16", compile=True)), source
+
+    monkeypatch.setattr(inference, "load_model", with_bf16_config)
+    from_run = sslsv.load(run_dir)
+    assert seen and (from_run.amp, from_run.compile) == ("bf16", True)
+    assert sslsv.load(run_dir, amp="none", compile=False).amp == "none"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        sslsv.load(run_dir, amp="fp16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sslsv.cli.errors import run_command
-from sslsv.cli.options import add_weights_option, weights_choice
+from sslsv.cli.options import add_extraction_options, add_weights_option, weights_choice
 
 
 def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
@@ -24,18 +24,7 @@ def build_parser(prog: str = "sslsv evaluate") -> argparse.ArgumentParser:
     parser.add_argument("--random-baseline", action="store_true",
                         help="also evaluate the same encoder with its random initial weights")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"],
-                        help="precision of the embedding extraction: float32 (none), bf16 or fp16 (CUDA only) "
-                             "autocast (default: evaluation.amp of the run's config, none); outputs of bf16/fp16 are "
-                             "named apart (_bf16, _fp16), next to the float32 ones")
-    parser.add_argument("--channels-last", action="store_true", default=None,
-                        help="extract with a channels_last (NHWC) model on a CPU too, for encoders that declare it "
-                             "(Fast ResNet-34; default: evaluation.channels_last, NHWC on CUDA only); CPU outputs are "
-                             "then named apart (_nhwc)")
-    parser.add_argument("--compile", action="store_true", default=None,
-                        help="torch.compile the encoder for the extraction (dynamic lengths): faster batches after "
-                             "a one-off compilation of tens of seconds, worth it from a few thousand utterances "
-                             "(default: evaluation.compile, off); outputs are named apart (_compiled)")
+    add_extraction_options(parser)
     backend = parser.add_argument_group("back-ends")
     backend.add_argument("--norm", nargs="+", default=["none"], choices=["none", "znorm", "tnorm", "snorm", "asnorm"],
                          help="score normalisation(s) against a cohort of the run's training utterances; each one "

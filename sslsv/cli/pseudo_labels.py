@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sslsv.cli.errors import run_command
-from sslsv.cli.options import add_weights_option, weights_choice
+from sslsv.cli.options import add_extraction_options, add_weights_option, weights_choice
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto)"
 
@@ -58,6 +58,7 @@ def build_pseudo_label_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop-seconds", type=float, help="embed one fixed crop per file instead of full length")
     parser.add_argument("--shard-size", type=int, default=50000, help="embeddings per saved shard (default 50000)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_extraction_options(parser, named_apart=False)
     parser.add_argument("--no-labels", action="store_true", help="the Speaker column is not the true speaker")
     parser.add_argument("--force", action="store_true",
                         help="replace the train.csv and summary.json of an earlier pseudo-labelling in the output "
@@ -90,7 +91,8 @@ def pseudo_label_main(argv: list[str] | None = None) -> int:
         output = args.output or layout.pseudo_labels
         check_new_outputs([Path(output) / "train.csv", Path(output) / "summary.json"], args.force)
         distributed.init_distributed(resolve_device(args.device))
-        extraction = ExtractionConfig(shard_size=args.shard_size, crop_seconds=args.crop_seconds, device=args.device)
+        extraction = ExtractionConfig(shard_size=args.shard_size, crop_seconds=args.crop_seconds, device=args.device,
+                                      amp=args.amp, channels_last=args.channels_last, compile=args.compile)
         clustering = ClusteringConfig(method="kmeans_ahc" if args.ahc else "kmeans", kmeans_clusters=args.kmeans,
                                       num_classes=args.ahc or 2, linkage=args.linkage,
                                       ahc_neighbors=args.ahc_neighbors, iterations=args.iterations)

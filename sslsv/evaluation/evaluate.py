@@ -192,7 +192,7 @@ def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, d
     model.eval()
     crops = None if backends.crops is None else Crops(backends.crop_seconds, backends.crops)
     try:
-        with extraction_layout(model, _wants_channels_last(model, config, device)):
+        with extraction_layout(model, wants_channels_last(model, config, device)):
             return extract_embeddings(model, paths, config.features.sample_rate, device,
                                       batch_seconds=config.evaluation.batch_seconds,
                                       max_trim=config.evaluation.max_trim, progress=progress,
@@ -221,7 +221,7 @@ def with_extraction(config: Config, amp: str | None = None, channels_last: bool 
     return replace(config, evaluation=replace(config.evaluation, **changes)) if changes else config
 
 
-def _wants_channels_last(model: torch.nn.Module, config: Config, device: torch.device) -> bool:
+def wants_channels_last(model: torch.nn.Module, config: Config, device: torch.device) -> bool:
     """evaluation.channels_last resolved (null: CUDA only, as trainer.channels_last), for encoders declaring it."""
     chosen = config.evaluation.channels_last
     chosen = torch.device(device).type == "cuda" if chosen is None else chosen

@@ -101,3 +101,67 @@ def test_two_ranks_split_the_shards_and_merge_the_same_matrix(tiny_data, tmp_pat
     assert ranks[1]["computed"] == [names[7:14], names[21:24]]
     for rank in ranks:  # both ranks read the merged matrix, equal to one process's
         np.testing.assert_allclose(np.array(rank["x"]), single, rtol=1e-6)
+
+
+def test_runtime_reaches_the_model_and_meta_and_is_not_mixed(tiny_data, tmp_path, monkeypatch):
+    """A bf16 / NHWC / compiled extraction passes amp and compile to extract_embeddings, runs a channels_last model
+    NHWC (contiguous again after) and records the setting in meta.json; folders of another setting are refused.
+    The default leaves meta.json as before (no runtime keys), so older folders still resume."""
+    from sslsv.pseudo_labels.extract import ExtractionRuntime
+
+    class Encoder(torch.nn.Module):
+        channels_last = True  # declares NHWC, as Fast ResNet-34 does
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    class Conv(Energy):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+
+        def forward(self, x):
+            layouts.append(self.encoder.conv.weight.is_contiguous(memory_format=torch.channels_last))
+            return super().forward(x)
+
+    layouts, calls = [], []
+    real = embeddings.extract_embeddings
+
+    def recording(model, paths, *args, **kwargs):
+        calls.append((kwargs["amp"], kwargs["compile"]))
+        return real(model, paths, *args, **{**kwargs, "compile": False})  # compiled code is tested elsewhere
+
+    monkeypatch.setattr(embeddings, "extract_embeddings", recording)
+    manifest = read_manifest(Path(tiny_data) / "tiny/train.csv")
+    cfg = ExtractionConfig(shard_size=12, batch_seconds=5, num_workers=0)
+    model = Conv()
+    runtime = ExtractionRuntime("bf16", channels_last=True, compile=True)
+    x = extract_representations(model, manifest, tiny_data, tmp_path / "fast", cfg, 16000, torch.device("cpu"),
+                                False, runtime=runtime)
+    assert x.shape == (24, 2) and calls == [("bf16", True)] * 2 and layouts and all(layouts)
+    assert model.encoder.conv.weight.is_contiguous()
+    meta = json.loads((tmp_path / "fast/meta.json").read_text())
+    assert {k: meta[k] for k in ("amp", "layout", "compiled")} == {"amp": "bf16", "layout": "nhwc", "compiled": True}
+    with pytest.raises(ConfigError, match="another extraction"):
+        extract_representations(Energy(), manifest, tiny_data, tmp_path / "fast", cfg, 16000, torch.device("cpu"),
+                                False)
+    extract_representations(Energy(), manifest, tiny_data, tmp_path / "plain", cfg, 16000, torch.device("cpu"), False)
+    assert not {"amp", "layout", "compiled"} & set(json.loads((tmp_path / "plain/meta.json").read_text()))
+    assert calls[-1] == ("none", False)
+    with pytest.raises(ConfigError, match="extraction.amp: must be one of"):
+        ExtractionConfig(amp="fp8")
+
+
+def test_runtime_resolves_from_the_run_and_refuses_fp16_on_cpu(tiny_data):
+    from sslsv.config import load_config
+    from sslsv.evaluation.evaluate import with_extraction
+    from sslsv.pseudo_labels.extract import ExtractionRuntime, resolve_runtime
+
+    plain = load_config(Path(__file__).resolve().parents[2] / "configs/simclr/fast_resnet34_demo.yml")
+    run_config = with_extraction(plain, amp="bf16", compile=True)
+    cpu = torch.device("cpu")
+    assert resolve_runtime(ExtractionConfig(), run_config, Energy(), cpu) == ExtractionRuntime("bf16", False, True)
+    assert resolve_runtime(ExtractionConfig(amp="none", compile=False), run_config, Energy(), cpu) == ExtractionRuntime()
+    with pytest.raises(ConfigError, match="extraction.amp: amp fp16 needs a CUDA device"):
+        resolve_runtime(ExtractionConfig(amp="fp16"), plain, Energy(), cpu)
