@@ -76,6 +76,9 @@ UNMARKED_TABLES = {
     ("docs/methods.md", "| run | demo config | EER (%) | minDCF0.01 | train wall time (s) | against |"):
         "rows of `benchmarks/bench_methods.py --methods rdino sdpn vibcreg simclr_ssps simclr_margin dino_ssps` "
         "(2026-12-05, commit 40218d2) copied by hand beside the older methods-results table, which is stale",
+    ("docs/benchmarks.md", "| `trainer.seed` | float32 test EER (%) | bf16 test EER (%) |"):
+        "six SimCLR demo runs (3 seeds, float32 and bf16, 2026-12-05, commit fb70d6a), each trained and evaluated "
+        "with the two commands below the table, copied by hand",
     ("docs/evaluation.md", "| back-end | EER (%) | minDCF0.01 | Cllr | minCllr |"):
         "PLDA rows of the two evaluate.py commands printed above it, on `make demo`'s run at commit 2d52321",
     ("docs/evaluation.md", "| trials | fraction | utterances | speakers | init | EER (%) | minDCF0.01 |"):
