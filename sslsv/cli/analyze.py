@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from sslsv.cli.errors import run_command
+from sslsv.cli.options import add_extraction_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="projection PNG (default RUN/projection_<manifest stem>.png for pca, "
                              "RUN/projection_<manifest stem>_tsne.png for tsne)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_extraction_options(parser, named_apart=False)
     parser.add_argument("--force", action="store_true",
                         help="replace an existing projection PNG; without it, it is refused before any work")
     parser.add_argument("--no-cache", action="store_true",
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args.output) if args.output else layout.projection_plot(name)
         check_new_outputs([output], args.force)
         with embedding_cache(None if args.no_cache else layout.embedding_cache):
-            result = analyze_run(args.run, args.manifest, args.projection, args.device, output=output)
+            result = analyze_run(args.run, args.manifest, args.projection, args.device, output=output,
+                                 amp=args.amp, channels_last=args.channels_last, compile=args.compile)
         srr = result.srr
         print(f"{args.run} ({result.source}) on {args.manifest}: {result.num_utterances} utterances, "
               f"k-means with {srr.num_clusters} clusters")

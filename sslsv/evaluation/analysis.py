@@ -249,7 +249,8 @@ class RunAnalysis:
 
 
 def analyze_run(run_dir: str | Path, manifest: str | Path, projection: str = "pca", device: str = "auto",
-                output: str | Path | None = None, progress: bool = False) -> RunAnalysis:
+                output: str | Path | None = None, progress: bool = False, amp: str | None = None,
+                channels_last: bool | None = None, compile: bool | None = None) -> RunAnalysis:
     """SRR and NMI (Eq. 14-15) of a run's embeddings of a labelled manifest, plus a 2-D projection plot.
 
     Args:
@@ -259,22 +260,25 @@ def analyze_run(run_dir: str | Path, manifest: str | Path, projection: str = "pc
         device: "auto", "cpu", "cuda" or "cuda:N".
         output: projection PNG (default RUN/projection_<manifest stem>.png).
         progress: show the extraction progress bar.
+        amp, channels_last, compile: how the embeddings are extracted, as evaluate.py's --amp, --channels-last and
+            --compile; None: the run's evaluation.amp / channels_last / compile.
 
     Raises:
         RunError, ManifestError, AudioError: unusable run, manifest or audio.
     """
     from sslsv.data.manifest import read_manifest
     from sslsv.distributed import resolve_device
-    from sslsv.evaluation.embeddings import extract_embeddings
+    from sslsv.evaluation.evaluate import Backends, embed_utterances, with_extraction
     from sslsv.runs import load_model
 
     torch_device = resolve_device(device)
     model, config, source = load_model(run_dir, device=torch_device)
+    config = with_extraction(config, amp, channels_last, None, compile)
     root = Path(config.dataset.data_root)
     table = read_manifest(root / manifest)
-    embeddings = extract_embeddings(model, [str(root / f) for f in table.files], config.features.sample_rate,
-                                    torch_device, batch_seconds=config.evaluation.batch_seconds,
-                                    max_trim=config.evaluation.max_trim, progress=progress)
+    # evaluate.py's extraction (batching, precision, layout, compilation), full-length utterances
+    embeddings = embed_utterances(model, [str(root / f) for f in table.files], config, torch_device, Backends(),
+                                  progress)
     result = speaker_recording_ratio(embeddings, table.speakers, table.sessions)
     out = Path(output) if output else Path(run_dir) / f"projection_{Path(manifest).stem}.png"
     plot_projection(embeddings, table.speakers, out, method=projection)

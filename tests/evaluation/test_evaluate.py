@@ -85,3 +85,20 @@ def test_analyze_prints_srr_and_nmi(run, capsys):
     out = capsys.readouterr().out
     assert "NMI(speaker)" in out and "SRR" in out
     assert (run / "projection_train.png").stat().st_size > 0
+
+    # the extraction settings of evaluate.py: bf16 NHWC embeddings give (nearly) the same analysis; fp16 is refused
+    # on a CPU in one line naming the key
+    import re
+
+    assert main(["analyze", str(run), "--manifest", "tiny/train.csv", "--amp", "bf16", "--channels-last",
+                 "-o", str(run / "projection_bf16.png")]) == 0
+    bf16 = capsys.readouterr().out
+    assert (run / "projection_bf16.png").stat().st_size > 0
+
+    def srr(text):
+        return float(re.search(r"SRR\D*([-\d.]+)", text).group(1))
+
+    assert srr(bf16) == pytest.approx(srr(out), rel=0.05)
+    assert main(["analyze", str(run), "--manifest", "tiny/train.csv", "--amp", "fp16", "-o",
+                 str(run / "projection_fp16.png")]) == 2
+    assert "evaluation.amp: amp fp16 needs a CUDA device" in capsys.readouterr().err
