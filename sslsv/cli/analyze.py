@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         from pathlib import Path
 
-        from sslsv.evaluation.analysis import analyze_run
+        from sslsv.evaluation.run_analysis import analyze_run
         from sslsv.evaluation.embeddings import embedding_cache
         from sslsv.evaluation.evaluate import check_new_outputs
         from sslsv.runs import RunLayout, load_run_config
