@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from sslsv.audio.io import MIN_AUDIO_SECONDS, AudioError, check_audio_files, resample
 from sslsv.evaluation.embeddings import check_amp, extract_embeddings
-from sslsv.evaluation.evaluate import extraction_layout, wants_channels_last, with_extraction
+from sslsv.evaluation.evaluate import ExtractionRuntime, extraction_layout, with_extraction
 from sslsv.distributed import resolve_device
 from sslsv.runs import load_model
 
@@ -190,7 +190,8 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", use_average: b
     torch_device = resolve_device(str(device)) if isinstance(device, str) else torch.device(device)
     model, config, source = load_model(run_dir, use_average, torch_device, best=best)
     config = with_extraction(config, amp, channels_last, None, compile)
+    runtime = ExtractionRuntime.resolve(config, model, torch_device)
     return SpeakerEmbedder(model, config.features.sample_rate, torch_device,
                            batch_seconds or config.evaluation.batch_seconds, source,
-                           config.evaluation.max_trim if max_trim is None else max_trim, config.evaluation.amp,
-                           wants_channels_last(model, config, torch_device), config.evaluation.compile)
+                           config.evaluation.max_trim if max_trim is None else max_trim, runtime.amp,
+                           runtime.channels_last, runtime.compile)

@@ -186,18 +186,18 @@ def embed_utterances(model: torch.nn.Module, paths: list[str], config: Config, d
     """(U, D) full-length embeddings, or (U, N, D) multi-crop embeddings when backends.crops is set (model in eval
     mode meanwhile, its mode restored after), with the precision (evaluation.amp), layout
     (evaluation.channels_last, see extraction_layout) and compilation (evaluation.compile) of config.evaluation."""
-    amp = config.evaluation.amp
     check_extraction(config, device)
+    runtime = ExtractionRuntime.resolve(config, model, device)
     was_training = model.training
     model.eval()
     crops = None if backends.crops is None else Crops(backends.crop_seconds, backends.crops)
     try:
-        with extraction_layout(model, wants_channels_last(model, config, device)):
+        with extraction_layout(model, runtime.channels_last):
             return extract_embeddings(model, paths, config.features.sample_rate, device,
                                       batch_seconds=config.evaluation.batch_seconds,
                                       max_trim=config.evaluation.max_trim, progress=progress,
-                                      num_workers=min(config.dataset.num_workers, 4), crops=crops, amp=amp,
-                                      compile=config.evaluation.compile)
+                                      num_workers=min(config.dataset.num_workers, 4), crops=crops,
+                                      amp=runtime.amp, compile=runtime.compile)
     finally:
         model.train(was_training)
 
@@ -221,11 +221,32 @@ def with_extraction(config: Config, amp: str | None = None, channels_last: bool 
     return replace(config, evaluation=replace(config.evaluation, **changes)) if changes else config
 
 
-def wants_channels_last(model: torch.nn.Module, config: Config, device: torch.device) -> bool:
+def _wants_channels_last(model: torch.nn.Module, config: Config, device: torch.device) -> bool:
     """evaluation.channels_last resolved (null: CUDA only, as trainer.channels_last), for encoders declaring it."""
     chosen = config.evaluation.channels_last
     chosen = torch.device(device).type == "cuda" if chosen is None else chosen
     return chosen and bool(getattr(getattr(model, "encoder", None), "channels_last", False))
+
+
+@dataclass(frozen=True)
+class ExtractionRuntime:
+    """How the model runs during an extraction, resolved for one model and device: autocast precision, NHWC
+    layout, torch.compile. One resolution for evaluate.py, the Python API, `sslsv analyze` and pseudo-labelling."""
+
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def resolve(cls, config: Config, model: torch.nn.Module, device: torch.device) -> "ExtractionRuntime":
+        """config.evaluation's amp / channels_last (null: CUDA only, for encoders declaring it) / compile."""
+        return cls(config.evaluation.amp, _wants_channels_last(model, config, device), config.evaluation.compile)
+
+    def meta(self) -> dict:
+        """Record entries of a non-default setting (none for float32 eager NCHW, so older records still match)."""
+        return {**({"amp": self.amp} if self.amp != "none" else {}),
+                **({"layout": "nhwc"} if self.channels_last else {}),
+                **({"compiled": True} if self.compile else {})}
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from sslsv.config import Config, ConfigError
 from sslsv.data.manifest import Manifest
 from sslsv import distributed
 from sslsv.evaluation import embeddings
-from sslsv.evaluation.evaluate import extraction_layout, wants_channels_last, with_extraction
+from sslsv.evaluation.evaluate import ExtractionRuntime, extraction_layout, with_extraction
 
 CROP_SEED = 12345  # crops of row i are drawn with default_rng([CROP_SEED, i]): the same on every run and rank
 
@@ -56,21 +56,6 @@ class ExtractionConfig:
         if self.amp is not None and self.amp not in embeddings.AMP_DTYPES:
             raise ConfigError(f"extraction.amp: must be one of {', '.join(embeddings.AMP_DTYPES)} or null, "
                               f"got {self.amp!r}")
-
-
-@dataclass(frozen=True)
-class ExtractionRuntime:
-    """How the model runs, resolved for one device: amp, NHWC layout, torch.compile (the evaluation's meaning)."""
-
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-
-    def meta(self) -> dict:
-        """meta.json entries of a non-default setting (none for float32 eager NCHW, so older folders still match)."""
-        return {**({"amp": self.amp} if self.amp != "none" else {}),
-                **({"layout": "nhwc"} if self.channels_last else {}),
-                **({"compiled": True} if self.compile else {})}
 
 
 def shard_path(out_dir: str | Path, shard: int) -> Path:
@@ -190,5 +175,4 @@ def resolve_runtime(cfg: ExtractionConfig, run_config: Config, model: torch.nn.M
         embeddings.check_amp(config.evaluation.amp, device)
     except ValueError as error:
         raise ConfigError(f"extraction.amp: {error}") from None
-    return ExtractionRuntime(config.evaluation.amp, wants_channels_last(model, config, device),
-                             config.evaluation.compile)
+    return ExtractionRuntime.resolve(config, model, device)
