@@ -508,7 +508,6 @@ def _record(run_dir: Path, name: str, suffix: str, trials: Trials, scores: dict,
     # Every metric first: NaN scores raise EvaluationError before any score file is written.
     metrics = {backend: full_metrics(values, trials.labels) for backend, values in scores.items()}
     for backend, values in scores.items():
-        plain = backend == "cosine"
         write_scores(RunLayout(run_dir).score_file(_system_name(name, suffix, backend)), trials.enroll, trials.test,
                      values, trials.labels)
         results[_results_key(name, suffix, backend)] = {
